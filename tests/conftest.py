@@ -1,0 +1,44 @@
+"""Shared test set-up: Triton's interpreter on machines without a GPU, and the official fixtures."""
+from __future__ import annotations
+
+import os
+
+import torch
+
+# Triton reads TRITON_INTERPRET when a kernel is defined, so it must be set before any kernel module imports.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+
+from tests.fixtures import FixtureSet, fixtures_dir  # noqa: E402
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA device (skipped without one)")
+    config.addinivalue_line("markers", "slow: takes more than a few seconds on the CPU")
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def official_dir():
+    d = fixtures_dir()
+    if d is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("official fixtures not found: set VLMO_FAST_FIXTURES or provide ../shared/fixtures/official")
+        pytest.skip("official fixtures not found (VLMO_FAST_FIXTURES or ../shared/fixtures/official)")
+    return d
+
+
+@pytest.fixture(scope="session", params=["tiny", "small_480"])
+def official(request, official_dir) -> FixtureSet:
+    """One of the two official fixture configs with gradients (model, inputs, outputs, gradients)."""
+    return FixtureSet.load(official_dir, request.param)

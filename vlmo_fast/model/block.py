@@ -1,0 +1,125 @@
+"""The MoME block (spec 1.3): pre-LN shared self-attention, then one FFN expert per row group."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vlmo_fast.config import ModelConfig
+from vlmo_fast.ops.attention import packed_attention
+from vlmo_fast.ops.expert_ffn import expert_ffn
+from vlmo_fast.ops.layout import PackedLayout
+
+# Expert indices; the order is that of Block.experts().
+TEXT_EXPERT, IMAGE_EXPERT, VL_EXPERT = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class LayerInput:
+    """What a block needs besides x: the layout, the relative-position table (or None) and the expert of each
+    row group (start, end, expert)."""
+
+    layout: PackedLayout
+    table: Tensor | None
+    window: int
+    l0: int
+    groups: list[tuple[int, int, int]]
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with q and v biases (no key bias), as the official Attention."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        D = cfg.embed_dim
+        self.num_heads = cfg.num_heads
+        self.scale = cfg.head_dim ** -0.5
+        self.qkv = nn.Linear(D, 3 * D, bias=False)
+        if cfg.qkv_bias:
+            self.q_bias = nn.Parameter(torch.zeros(D))
+            self.v_bias = nn.Parameter(torch.zeros(D))
+        else:
+            self.q_bias = self.v_bias = None
+        self.proj = nn.Linear(D, D)
+
+    def forward(self, x: Tensor, inp: LayerInput, layer: int) -> Tensor:
+        """x (T, D) packed rows -> (T, D)."""
+        T, D = x.shape
+        bias = None
+        if self.q_bias is not None:
+            bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias])
+        qkv = F.linear(x, self.qkv.weight, bias).view(T, 3, self.num_heads, D // self.num_heads)
+        out = packed_attention(qkv[:, 0], qkv[:, 1], qkv[:, 2], inp.layout, inp.table, layer * self.num_heads,
+                               inp.window, inp.l0, self.scale)  # (T, H, dh)
+        return self.proj(out.reshape(T, D))
+
+
+class Block(nn.Module):
+    """x = x + r1 * gamma_1 * attn(norm1(x)); x = x + r2 * gamma_2 * mlp_e(norm2_e(x)) per row group."""
+
+    def __init__(self, cfg: ModelConfig, layer: int, drop_path: float):
+        super().__init__()
+        D, F_ = cfg.embed_dim, cfg.mlp_dim
+        self.layer = layer
+        self.drop_path = drop_path
+        self.eps = cfg.layernorm_eps
+        self.norm1 = nn.LayerNorm(D, eps=cfg.layernorm_eps)
+        self.attn = Attention(cfg)
+        self.norm2_text = nn.LayerNorm(D, eps=cfg.layernorm_eps)
+        self.norm2_imag = nn.LayerNorm(D, eps=cfg.layernorm_eps)
+        self.mlp_text = Mlp(D, F_)
+        self.mlp_imag = Mlp(D, F_)
+        self.has_vl = layer >= cfg.vl_start
+        if self.has_vl:
+            self.mlp_vl = Mlp(D, F_)
+            self.norm2_vl = nn.LayerNorm(D, eps=cfg.layernorm_eps)
+        if cfg.layer_scale is not None:
+            self.gamma_1 = nn.Parameter(torch.full((D,), float(cfg.layer_scale)))
+            self.gamma_2 = nn.Parameter(torch.full((D,), float(cfg.layer_scale)))
+        else:
+            self.gamma_1 = self.gamma_2 = None
+
+    def experts(self) -> list[tuple[Tensor, ...]]:
+        """Expert weights in the order TEXT_EXPERT, IMAGE_EXPERT (, VL_EXPERT)."""
+        pairs = [(self.norm2_text, self.mlp_text), (self.norm2_imag, self.mlp_imag)]
+        if self.has_vl:
+            pairs.append((self.norm2_vl, self.mlp_vl))
+        return [(n.weight, n.bias, m.fc1.weight, m.fc1.bias, m.fc2.weight, m.fc2.bias) for n, m in pairs]
+
+    def _row_scale(self, inp: LayerInput, x: Tensor, per_group: bool) -> Tensor | None:
+        """Stochastic depth as timm's DropPath draws it: a keep decision per pair (or, per_group, per pair and row
+        group, as the official split FFN calls DropPath separately on text and image), rescaled by 1/keep."""
+        if not self.training or self.drop_path == 0.0:
+            return None
+        keep = 1.0 - self.drop_path
+        P = inp.layout.num_pairs
+        pair = inp.layout.row_pair.long()
+        if not per_group or len(inp.groups) == 1:
+            draw = (keep + torch.rand(P, dtype=x.dtype, device=x.device)).floor_()
+            return draw[pair] / keep
+        scales = []
+        for start, end, _ in inp.groups:
+            draw = (keep + torch.rand(P, dtype=x.dtype, device=x.device)).floor_()
+            scales.append(draw[pair[start:end]] / keep)
+        return torch.cat(scales)
+
+    def forward(self, x: Tensor, inp: LayerInput) -> Tensor:
+        h = self.attn(F.layer_norm(x, (x.shape[-1],), self.norm1.weight, self.norm1.bias, self.eps), inp, self.layer)
+        if self.gamma_1 is not None:
+            h = self.gamma_1 * h
+        r = self._row_scale(inp, x, per_group=False)
+        x = x + (h if r is None else h * r[:, None])
+        return expert_ffn(x, inp.groups, self.experts(), self.gamma_2, self._row_scale(inp, x, per_group=True),
+                          self.eps)
