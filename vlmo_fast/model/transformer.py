@@ -18,7 +18,7 @@ class MultiWayTransformer(nn.Module):
         self.patch_embed = PatchEmbed(cfg)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, D))
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_image_tokens, D)) if cfg.abs_pos_emb else None
-        dpr = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
+        dpr = torch.linspace(0, cfg.drop_path_rate, cfg.depth, device="cpu").tolist()
         self.blocks = nn.ModuleList(Block(cfg, i, dpr[i]) for i in range(cfg.depth))
         self.norm = nn.LayerNorm(D, eps=cfg.layernorm_eps)
 

@@ -109,6 +109,12 @@ class VLMo(nn.Module):
         if hasattr(self, "mlm_score"):
             self.mlm_score.bias.zero_()
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Released checkpoints carry the three relative-position index matrices; they are derived, not state.
+        for key in ("relative_position_index", "text_relative_position_index", "text_imag_relative_position_index"):
+            state_dict.pop(prefix + key, None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     # ----------------------------------------------------------------------------------------------------------
     # The encoder
     def _groups(self, layout: PackedLayout, route: str, layer: int) -> list[tuple[int, int, int]]:
