@@ -135,7 +135,7 @@ class VLMo(nn.Module):
                            self._groups(layout, route, i)) for i in layers]
 
     def embed(self, layout: PackedLayout, text_ids: Tensor | None, images: Tensor | None,
-              image_token_type: int) -> Tensor:
+              image_token_type: int | Tensor) -> Tensor:
         """Packed input rows (T, D): text embeddings of the layout's text rows, then every image's tokens."""
         rows = []
         if text_ids is not None:
@@ -145,16 +145,20 @@ class VLMo(nn.Module):
             rows.append(self.text_embeddings(ids, pos) + self.token_type_embeddings.weight[0])
         if images is not None:
             img = self.transformer.visual_embed(images)  # (B, Ni, D)
-            img = img + self.token_type_embeddings.weight[image_token_type]
+            if isinstance(image_token_type, Tensor):  # one modality index per pair (NLVR2's two images)
+                img = img + self.token_type_embeddings(image_token_type.to(img.device))[:, None]
+            else:
+                img = img + self.token_type_embeddings.weight[image_token_type]
             rows.append(img.reshape(-1, img.shape[-1]))
         return torch.cat(rows) if len(rows) > 1 else rows[0]
 
     def encode(self, *, text_ids: Tensor | None = None, text_lens: Tensor | None = None,
-               images: Tensor | None = None, image_token_type: int = 1, keep_padded_text: bool = False,
+               images: Tensor | None = None, image_token_type: int | Tensor = 1, keep_padded_text: bool = False,
                vl_branch: bool = False, return_layers: bool = False) -> Encoding:
         """One pass: fused (text and images), text-only or image-only.
 
-        text_ids (B, Lt) padded token ids with real lengths text_lens (B,); images (B, 3, S, S).
+        text_ids (B, Lt) padded token ids with real lengths text_lens (B,); images (B, 3, S, S) with modality
+        index image_token_type (an int, or a (B,) tensor of one index per pair).
         keep_padded_text keeps the padded text positions as query-only rows (the official outputs at every
         position); otherwise padding is dropped.  vl_branch also runs, for a unimodal pass, the VL-FFN branch
         from layer vl_start (the official infer_text/infer_image).
