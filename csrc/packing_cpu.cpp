@@ -1,0 +1,141 @@
+// CPU kernels of the packing ops (contracts in packing_kernels.h).
+//
+// Moving rows is memory-bound: a pair's text (or image) segment is contiguous in both the padded and the packed
+// form, so each segment is one memcpy, and segments are spread over threads with at::parallel_for (OpenMP in
+// torch's CPU builds, sized by torch.set_num_threads, serial below the grain so tiny batches pay no fork).
+#include "packing_kernels.h"
+
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <vector>
+
+namespace vlmo_fast::cpu {
+namespace {
+
+// Each thread gets at least this many bytes (~100 us of memcpy): below it a fork/join costs more than it saves,
+// and far more on a loaded machine, where waking a second thread can wait for a scheduler time slice.
+constexpr int64_t kGrainBytes = 1 << 20;
+
+int64_t grain_for(int64_t bytes_per_item) {
+  return std::max<int64_t>(1, kGrainBytes / std::max<int64_t>(1, bytes_per_item));
+}
+
+template <typename T, typename Acc>
+void scatter_add_typed(const T* src, T* dst, const int32_t* start, int64_t P, int64_t D) {
+  // Pairs sharing a start row (empty segments) form one group, summed in Acc in order of p and rounded once;
+  // groups write distinct rows, so threads split the groups without atomics.
+  std::vector<int64_t> order(P);
+  std::iota(order.begin(), order.end(), int64_t{0});
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return start[a] < start[b]; });
+  std::vector<int64_t> group_begin;
+  for (int64_t i = 0; i < P; ++i)
+    if (i == 0 || start[order[i]] != start[order[i - 1]]) group_begin.push_back(i);
+  const int64_t groups = static_cast<int64_t>(group_begin.size());
+  group_begin.push_back(P);
+  const int64_t bytes_per_group = D * static_cast<int64_t>(sizeof(T)) * (P / std::max<int64_t>(groups, 1));
+  at::parallel_for(0, groups, grain_for(bytes_per_group), [&](int64_t g0, int64_t g1) {
+    std::vector<Acc> acc(D);
+    for (int64_t g = g0; g < g1; ++g) {
+      std::fill(acc.begin(), acc.end(), Acc(0));
+      for (int64_t i = group_begin[g]; i < group_begin[g + 1]; ++i) {
+        const T* in = src + order[i] * D;
+        for (int64_t d = 0; d < D; ++d) acc[d] += static_cast<Acc>(in[d]);
+      }
+      T* out = dst + static_cast<int64_t>(start[order[group_begin[g]]]) * D;
+      for (int64_t d = 0; d < D; ++d) out[d] = static_cast<T>(acc[d]);
+    }
+  });
+}
+
+}  // namespace
+
+void mask_lengths(const uint8_t* mask, int64_t P, int64_t L, int32_t* lens) {
+  at::parallel_for(0, P, grain_for(L), [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const uint8_t* row = mask + p * L;
+      int64_t n = 0;
+      while (n < L && row[n] == 1) ++n;
+      bool ok = true;
+      for (int64_t i = n; i < L; ++i) ok = ok && row[i] == 0;
+      lens[p] = ok ? static_cast<int32_t>(n) : -1;
+    }
+  });
+}
+
+void plan(const int32_t* lens, int64_t P, int32_t image_len, int32_t pad, int32_t* text_start, int32_t* text_q_len,
+          int32_t* text_k_len, int32_t* image_start, int32_t* image_len_out, int64_t* stats) {
+  // A prefix sum over P (a few hundred pairs): serial is faster than any split.
+  int64_t total = 0;
+  int32_t max_q = 0, min_k = std::numeric_limits<int32_t>::max(), max_k = std::numeric_limits<int32_t>::min();
+  for (int64_t p = 0; p < P; ++p) {
+    const int32_t k = lens[p];
+    const int32_t q = pad >= 0 ? pad : k;
+    text_start[p] = static_cast<int32_t>(total);
+    text_q_len[p] = q;
+    text_k_len[p] = k;
+    total += q;
+    max_q = std::max(max_q, q);
+    min_k = std::min(min_k, k);
+    max_k = std::max(max_k, k);
+  }
+  for (int64_t p = 0; p < P; ++p) {
+    image_start[p] = static_cast<int32_t>(total + p * image_len);
+    image_len_out[p] = image_len;
+  }
+  stats[0] = total;
+  stats[1] = max_q;
+  stats[2] = P ? min_k : 0;
+  stats[3] = P ? max_k : 0;
+}
+
+void row_pair(const int32_t* text_start, const int32_t* text_q_len, const int32_t* image_start, int64_t P,
+              int32_t image_len, int32_t* row_pair) {
+  at::parallel_for(0, P, grain_for((image_len + 64) * 4), [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int32_t v = static_cast<int32_t>(p);
+      std::fill_n(row_pair + text_start[p], std::max<int32_t>(text_q_len[p], 0), v);
+      std::fill_n(row_pair + image_start[p], image_len, v);
+    }
+  });
+}
+
+void copy_segments(const void* src, void* dst, const int32_t* start, const int32_t* len, int64_t P,
+                   int64_t seg_rows, int64_t row_bytes, bool to_packed) {
+  const char* s = static_cast<const char*>(src);
+  char* d = static_cast<char*>(dst);
+  at::parallel_for(0, P, grain_for(seg_rows * row_bytes), [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t n = len ? std::clamp<int64_t>(len[p], 0, seg_rows) : seg_rows;
+      const int64_t padded = p * seg_rows * row_bytes;
+      const int64_t packed = static_cast<int64_t>(start[p]) * row_bytes;
+      if (to_packed) {
+        std::memcpy(d + packed, s + padded, n * row_bytes);
+      } else {
+        std::memcpy(d + padded, s + packed, n * row_bytes);
+        std::memset(d + padded + n * row_bytes, 0, (seg_rows - n) * row_bytes);
+      }
+    }
+  });
+}
+
+void scatter_add(const void* src, void* dst, const int32_t* start, int64_t P, int64_t D, FloatType type) {
+  switch (type) {
+    case FloatType::kFloat32:
+      return scatter_add_typed<float, float>(static_cast<const float*>(src), static_cast<float*>(dst), start, P, D);
+    case FloatType::kFloat64:
+      return scatter_add_typed<double, double>(static_cast<const double*>(src), static_cast<double*>(dst), start, P, D);
+    case FloatType::kFloat16:
+      return scatter_add_typed<c10::Half, float>(static_cast<const c10::Half*>(src), static_cast<c10::Half*>(dst), start, P, D);
+    case FloatType::kBFloat16:
+      return scatter_add_typed<c10::BFloat16, float>(static_cast<const c10::BFloat16*>(src), static_cast<c10::BFloat16*>(dst), start,
+                               P, D);
+  }
+}
+
+}  // namespace vlmo_fast::cpu

@@ -1,0 +1,65 @@
+// Raw-pointer kernels of the packing ops, one set for the CPU (packing_cpu.cpp) and one for CUDA
+// (packing_cuda.cu).  This header includes no torch or CUDA header on purpose: the CUDA sources must compile
+// with a plain nvcc (the CPU torch wheel ships no CUDA headers), and packing_ops.cpp owns all tensor logic
+// (validation, allocation, devices, streams) and calls these with pointers and sizes.
+//
+// Shared conventions:
+//   * "padded" data is (P, seg_rows, row_bytes) bytes, pair-major and contiguous;
+//   * "packed" data is (num_rows, row_bytes) bytes, pair p's segment starting at row start[p];
+//   * data movement works on bytes, so every dtype is supported; only scatter_add does arithmetic;
+//   * metadata (starts, lengths) is int32, as in PackedLayout.
+#pragma once
+
+#include <cstdint>
+
+namespace vlmo_fast {
+
+// Element type of scatter_add, the only kernel that adds.
+enum class FloatType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
+
+namespace cpu {
+
+// lens[p] = number of leading ones of mask row p (P, L), or -1 if the row is not 1...10...0 (values 0/1).
+void mask_lengths(const uint8_t* mask, int64_t P, int64_t L, int32_t* lens);
+
+// The per-pair metadata of a PackedLayout from the real text lengths.  pad < 0 drops padding (segment of
+// lens[p] rows), pad >= 0 keeps every text segment padded to `pad` rows.  stats (int64, 4) receives
+// [sum of text_q_len, max text_q_len, min lens, max lens] (zeros when P == 0), read once by the caller.
+void plan(const int32_t* lens, int64_t P, int32_t image_len, int32_t pad, int32_t* text_start, int32_t* text_q_len,
+          int32_t* text_k_len, int32_t* image_start, int32_t* image_len_out, int64_t* stats);
+
+// row_pair[r] = p for every row of pair p's text segment and image segment.
+void row_pair(const int32_t* text_start, const int32_t* text_q_len, const int32_t* image_start, int64_t P,
+              int32_t image_len, int32_t* row_pair);
+
+// Copy between padded and packed form.  Row r < len[p] of pair p (len == nullptr: every row) moves between
+// padded row (p, r) and packed row start[p] + r.  to_packed == false also zero-fills the padded rows r >= len[p].
+void copy_segments(const void* src, void* dst, const int32_t* start, const int32_t* len, int64_t P,
+                   int64_t seg_rows, int64_t row_bytes, bool to_packed);
+
+// dst (num_rows, D) must be zeroed; dst[start[p]] += src[p] for p = 0..P-1.  Deterministic: the pairs sharing
+// a row are summed in order of p in float (double for float64) and rounded once to the element type.
+void scatter_add(const void* src, void* dst, const int32_t* start, int64_t P, int64_t D, FloatType type);
+
+}  // namespace cpu
+
+namespace cuda {
+
+// Same contracts as the cpu namespace, launched on `stream` (a cudaStream_t).  Each returns nullptr on
+// success or the CUDA error string of the launch.  No launcher reads device memory on the host (no sync);
+// indices out of range are skipped instead of faulting, so the caller validates metadata where it can.
+const char* mask_lengths(const uint8_t* mask, int64_t P, int64_t L, int32_t* lens, void* stream);
+const char* plan(const int32_t* lens, int64_t P, int32_t image_len, int32_t pad, int32_t* text_start,
+                 int32_t* text_q_len, int32_t* text_k_len, int32_t* image_start, int32_t* image_len_out,
+                 int64_t* stats, void* stream);
+const char* row_pair(const int32_t* text_start, const int32_t* text_q_len, const int32_t* image_start, int64_t P,
+                     int32_t image_len, int64_t num_rows, int32_t* row_pair, void* stream);
+const char* copy_segments(const void* src, void* dst, const int32_t* start, const int32_t* len, int64_t P,
+                          int64_t seg_rows, int64_t row_bytes, int64_t num_packed_rows, bool to_packed,
+                          void* stream);
+// Zeroes dst (num_rows, D) itself, then adds.
+const char* scatter_add(const void* src, void* dst, const int32_t* start, int64_t P, int64_t D, int64_t num_rows,
+                        FloatType type, void* stream);
+
+}  // namespace cuda
+}  // namespace vlmo_fast
