@@ -1,0 +1,105 @@
+"""`vlmo-fast convert ...`: the converters behind one subcommand (the lead's cli.py calls these two functions).
+
+    vlmo-fast convert coco KARPATHY_JSON IMAGE_ROOT OUT_DIR
+    vlmo-fast convert f30k KARPATHY_JSON IMAGE_ROOT OUT_DIR
+    vlmo-fast convert vqa ROOT OUT_DIR [--min-answer-count 9] [--rest-val-images 1000] [--seed 0]
+    vlmo-fast convert nlvr2 ROOT OUT_DIR [--json-dir DIR]
+    vlmo-fast convert vg REGIONS_JSON IMAGE_ROOT OUT_DIR
+    vlmo-fast convert sbu TSV IMAGE_ROOT OUT_DIR [--shard-rows 100000]
+    vlmo-fast convert gcc TSV IMAGE_ROOT OUT_DIR [--split train|val] [--shard-rows 100000]
+    vlmo-fast convert wikibk TEXT [TEXT ...] OUT_DIR [--split train|val] [--shard-rows 100000]
+    vlmo-fast convert synthetic OUT_DIR [--seed 0] [--image-size 64]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+
+
+def add_convert_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add the `convert` subcommand (with one sub-subcommand per dataset) to a CLI's subparsers.
+
+    Example: add_convert_parser(parser.add_subparsers(dest="command"))
+    """
+    p = subparsers.add_parser("convert", help="convert raw datasets into ViLT arrow files")
+    sub = p.add_subparsers(dest="dataset", required=True)
+
+    def add(name: str, help: str) -> argparse.ArgumentParser:
+        q = sub.add_parser(name, help=help)
+        q.add_argument("--no-progress", action="store_true", help="no progress bar")
+        return q
+
+    for name in ("coco", "f30k"):
+        q = add(name, f"{name} Karpathy splits (dataset_{'coco' if name == 'coco' else 'flickr30k'}.json)")
+        q.add_argument("karpathy_json")
+        q.add_argument("image_root")
+        q.add_argument("out_dir")
+    q = add("vqa", "VQAv2 questions, annotations and COCO images")
+    q.add_argument("root")
+    q.add_argument("out_dir")
+    q.add_argument("--min-answer-count", type=int, default=9, help="answer vocabulary threshold (official 9)")
+    q.add_argument("--rest-val-images", type=int, default=1000, help="val images held out as rest_val")
+    q.add_argument("--seed", type=int, default=0, help="seed of the val shuffle")
+    q = add("nlvr2", "NLVR2 JSONL and image pairs")
+    q.add_argument("root")
+    q.add_argument("out_dir")
+    q.add_argument("--json-dir", default=None, help="folder of train/dev/test1.json (default ROOT/nlvr2/data)")
+    q = add("vg", "Visual Genome region descriptions")
+    q.add_argument("regions_json")
+    q.add_argument("image_root")
+    q.add_argument("out_dir")
+    for name in ("sbu", "gcc"):
+        q = add(name, f"{name.upper()} caption list (caption<TAB>image per line)")
+        q.add_argument("tsv")
+        q.add_argument("image_root")
+        q.add_argument("out_dir")
+        q.add_argument("--shard-rows", type=int, default=100_000)
+        if name == "gcc":
+            q.add_argument("--split", choices=("train", "val"), default="train")
+    q = add("wikibk", "plain text, one sentence per line")
+    q.add_argument("paths", nargs="+", metavar="PATH", help="text files, then OUT_DIR last")
+    q.add_argument("--split", choices=("train", "val"), default="train")
+    q.add_argument("--shard-rows", type=int, default=100_000)
+    q = add("synthetic", "synthetic shapes data (caption, VQA, NLVR2, text)")
+    q.add_argument("out_dir")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--image-size", type=int, default=64)
+    return p
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    """Run the converter chosen by `args.dataset`; prints a summary; returns the exit code (0 on success)."""
+    from vlmo_fast.data.convert.captions import convert_gcc, convert_sbu, convert_vg, convert_wikibk
+    from vlmo_fast.data.convert.karpathy import convert_karpathy
+    from vlmo_fast.data.convert.nlvr2 import convert_nlvr2
+    from vlmo_fast.data.convert.vqa import convert_vqa
+    from vlmo_fast.data.synthetic import write_synthetic
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    pb = not args.no_progress
+    d = args.dataset
+    if d in ("coco", "f30k"):
+        report = convert_karpathy(args.karpathy_json, args.image_root, args.out_dir, dataset=d, progress_bar=pb)
+    elif d == "vqa":
+        report = convert_vqa(args.root, args.out_dir, min_answer_count=args.min_answer_count,
+                             rest_val_images=args.rest_val_images, seed=args.seed, progress_bar=pb)
+    elif d == "nlvr2":
+        report = convert_nlvr2(args.root, args.out_dir, json_dir=args.json_dir, progress_bar=pb)
+    elif d == "vg":
+        report = convert_vg(args.regions_json, args.image_root, args.out_dir, progress_bar=pb)
+    elif d == "sbu":
+        report = convert_sbu(args.tsv, args.image_root, args.out_dir, shard_rows=args.shard_rows, progress_bar=pb)
+    elif d == "gcc":
+        report = convert_gcc(args.tsv, args.image_root, args.out_dir, split=args.split, shard_rows=args.shard_rows,
+                             progress_bar=pb)
+    elif d == "wikibk":
+        if len(args.paths) < 2:
+            raise SystemExit("convert wikibk: give at least one text file and then OUT_DIR")
+        report = convert_wikibk(args.paths[:-1], args.paths[-1], split=args.split, shard_rows=args.shard_rows,
+                                progress_bar=pb)
+    elif d == "synthetic":
+        report = write_synthetic(args.out_dir, seed=args.seed, image_size=args.image_size, progress_bar=pb)
+    else:
+        raise SystemExit(f"convert: unknown dataset {d!r}")
+    print(report.summary())
+    return 0
