@@ -8,7 +8,7 @@ package then runs on its torch references).
 import glob
 import os
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 ext_modules, cmdclass = [], {}
 if os.environ.get("VLMO_FAST_SKIP_EXT_BUILD", "0") != "1" and glob.glob("csrc/*.cpp"):
@@ -32,8 +32,7 @@ setup(
     version="0.1.0",
     description="Fast, faithful VLMo (Mixture-of-Modality-Experts vision-language pre-training)",
     python_requires=">=3.10",
-    packages=["vlmo_fast", "vlmo_fast.model", "vlmo_fast.compat", "vlmo_fast.ops", "vlmo_fast.data",
-              "vlmo_fast.train", "vlmo_fast.checkpoint", "vlmo_fast.kernels"],
+    packages=find_packages(include=["vlmo_fast", "vlmo_fast.*"]) + ["vlmo_fast.kernels"],
     package_dir={"vlmo_fast.kernels": "kernels"},
     package_data={"vlmo_fast.data": ["*.txt"]},
     install_requires=[

@@ -14,10 +14,6 @@ import pytest  # noqa: E402
 from tests.fixtures import FixtureSet, fixtures_dir  # noqa: E402
 
 
-def pytest_configure(config):
-    config.addinivalue_line("markers", "gpu: needs a CUDA device (skipped without one)")
-    config.addinivalue_line("markers", "slow: takes more than a few seconds on the CPU")
-
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():

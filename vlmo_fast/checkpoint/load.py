@@ -3,6 +3,7 @@ left out, and clear failures for checkpoints of another architecture."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import torch
@@ -11,6 +12,7 @@ from torch import Tensor, nn
 from vlmo_fast.config import ARCHS
 from .convert import INDEX_KEYS, official_pretrained_load
 from .files import read_checkpoint
+from .native import WEIGHTS
 
 TOKEN_TYPES = "token_type_embeddings.weight"
 # Left fresh on purpose by the official fine-tuning load: task heads, created after loading.
@@ -86,11 +88,13 @@ def load_into(model: nn.Module, sd: dict[str, Tensor], notes: list[str] | None =
 
 
 def load_official(model: nn.Module, config: dict, trusted: bool = False) -> LoadReport:
-    """The official `load_path` load: with test_only the file is loaded as it is (no resizing); otherwise it is
+    """The official `load_path` load (an official file, or a vlmo-fast checkpoint directory): with test_only the
+    file is loaded as it is (no resizing); otherwise it is
     converted for the model's text length and grid (textpt conversion for textmlm, text positions, image
     positions, relative-position table) and the task heads vqa/nlvr2 stay fresh."""
     cfg = model.cfg
-    sd = read_checkpoint(config["load_path"], trusted=trusted)
+    path = Path(config["load_path"])
+    sd = read_checkpoint(path / WEIGHTS if path.is_dir() else path, trusted=trusted)
     notes = [f"loaded {config['load_path']}"]
     if config.get("test_only"):
         sd = {k: v for k, v in sd.items() if k not in INDEX_KEYS}
