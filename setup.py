@@ -45,6 +45,7 @@ setup(
         "tokenizers>=0.15",
         "pillow>=10",
         "tqdm>=4.60",
+        "tensorboard>=2.10",
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-benchmark>=4", "pytest-timeout>=2"],

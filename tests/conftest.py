@@ -38,3 +38,14 @@ def official_dir():
 def official(request, official_dir) -> FixtureSet:
     """One of the two official fixture configs with gradients (model, inputs, outputs, gradients)."""
     return FixtureSet.load(official_dir, request.param)
+
+
+@pytest.fixture(scope="session")
+def synthetic_root(tmp_path_factory):
+    """A small synthetic dataset (vlmo-fast convert synthetic), written once per session."""
+    from vlmo_fast.data.synthetic import write_synthetic
+
+    root = tmp_path_factory.mktemp("synthetic")
+    write_synthetic(root, n_train=200, n_val=100, n_test=100, n_pairs_train=100, n_pairs_dev=40,
+                    n_text_train=200, n_text_val=40, progress_bar=False)
+    return root

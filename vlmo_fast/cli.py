@@ -1,10 +1,86 @@
-"""The `vlmo-fast` command line."""
+"""The `vlmo-fast` command line: train (and evaluate), convert data, predict, benchmark, plot.
+
+    vlmo-fast train TASK [PRESET ...] [key=value ...]     e.g. vlmo-fast train task_finetune_vqa_base_image480
+                                                          data_root=... load_path=... per_gpu_batchsize=32
+    vlmo-fast train TASK ... test_only=True               evaluation of a checkpoint (official semantics)
+    vlmo-fast demo [OUT_DIR]                              synthetic data, tiny pre-training, retrieval + VQA
+    vlmo-fast convert DATASET ...                         raw data -> ViLT arrow files (see `convert -h`)
+    vlmo-fast predict {vqa,embed,retrieve} ...            inference on image files and texts
+    vlmo-fast bench step [--dim ...]                      train-step throughput vs the official-style baseline
+    vlmo-fast plot LOG_DIR                                loss curves of a run to LOG_DIR/loss.png
+"""
 from __future__ import annotations
 
+import argparse
+import logging
 import sys
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    print("vlmo-fast: nothing here yet")
+def _train(args: argparse.Namespace) -> int:
+    from vlmo_fast.train.tasks import resolve
+    from vlmo_fast.train.trainer import Trainer
+
+    config = resolve(args.task, args.overrides)
+    Trainer(config).fit()
     return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from vlmo_fast.train.demo import run_demo
+    return run_demo(args.out_dir, quick=args.quick)
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from vlmo_fast.train.plot import plot_log
+    print(plot_log(args.log_dir))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from vlmo_fast.predict import run_predict
+    return run_predict(args)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from vlmo_fast.bench import run_bench
+    return run_bench(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from vlmo_fast.data.convert.cli import add_convert_parser, run_convert
+    from vlmo_fast.predict import add_predict_parser
+    from vlmo_fast.bench import add_bench_parser
+
+    parser = argparse.ArgumentParser(prog="vlmo-fast", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train (or evaluate with test_only=True) a named task")
+    p.add_argument("task", help="an official task name (task_finetune_vqa_base_image480, ...) or a tiny one "
+                                "(task_mlm_itm_itc_tiny, ...)")
+    p.add_argument("overrides", nargs="*", help="step presets (step200k, ...) and key=value overrides")
+    p.set_defaults(run=_train)
+    p = sub.add_parser("demo", help="the quick-start job: synthetic data, tiny model, train, evaluate")
+    p.add_argument("out_dir", nargs="?", default="runs/demo")
+    p.add_argument("--quick", action="store_true", help="a few steps only (a smoke test)")
+    p.set_defaults(run=_demo)
+    add_convert_parser(sub).set_defaults(run=run_convert)
+    add_predict_parser(sub).set_defaults(run=_predict)
+    add_bench_parser(sub).set_defaults(run=_bench)
+    p = sub.add_parser("plot", help="plot the loss curves of a run (LOG_DIR/log.jsonl) to LOG_DIR/loss.png")
+    p.add_argument("log_dir")
+    p.set_defaults(run=_plot)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return args.run(args)
+    except (KeyError, ValueError, FileNotFoundError) as err:
+        print(f"vlmo-fast: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

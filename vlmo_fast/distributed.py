@@ -31,3 +31,30 @@ def gather_local_first(x: Tensor, with_grad: bool = True) -> Tensor:
         dist.all_gather(parts, x.detach().contiguous())
         parts[rank] = x
     return torch.cat([parts[rank]] + parts[:rank] + parts[rank + 1:])
+
+
+def fetch_rows(local: Tensor, index: Tensor) -> Tensor:
+    """Rows `index` of the local-first gathered batch (gather_local_first's order), fetched from the ranks that own
+    them: only the requested rows travel (two all_to_all exchanges), never every rank's whole batch.  Every rank
+    must hold the same number of rows."""
+    rank, size = world()
+    idx = index.long().to(local.device)
+    if size == 1:
+        return local.index_select(0, idx)
+    B = local.shape[0]
+    others = torch.tensor([r for r in range(size) if r != rank], device=idx.device)
+    owner = torch.where(idx < B, torch.full_like(idx, rank), others[(idx - B).clamp(min=0) // B])
+    row = torch.where(idx < B, idx, (idx - B) % B)
+    order = torch.argsort(owner, stable=True)
+    want = torch.bincount(owner, minlength=size)  # rows this rank asks of each rank
+    give = torch.empty_like(want)
+    dist.all_to_all_single(give, want)  # rows each rank asks of this one
+    want_l, give_l = want.tolist(), give.tolist()
+    asked = torch.empty(sum(give_l), dtype=torch.long, device=idx.device)
+    dist.all_to_all_single(asked, row[order].contiguous(), give_l, want_l)
+    reply = local.index_select(0, asked).contiguous()
+    got = local.new_empty((idx.shape[0],) + tuple(local.shape[1:]))
+    dist.all_to_all_single(got, reply, want_l, give_l)
+    out = torch.empty_like(got)
+    out[order] = got
+    return out

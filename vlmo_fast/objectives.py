@@ -32,13 +32,20 @@ def hard_negative_indices(sim_i2t: Tensor, sim_t2i: Tensor, batch_size: int,
     positive (the diagonal) excluded.  Returns (neg_image_idx, neg_text_idx), each (batch_size,) into the
     gathered batch."""
     with torch.no_grad():
-        w_i2t = F.softmax(sim_i2t[:batch_size].float(), dim=1)
-        w_t2i = F.softmax(sim_t2i[:batch_size].float(), dim=1)
-        w_i2t.fill_diagonal_(0)
-        w_t2i.fill_diagonal_(0)
+        w_i2t = _sampling_weights(sim_i2t[:batch_size])
+        w_t2i = _sampling_weights(sim_t2i[:batch_size])
         neg_image = torch.multinomial(w_t2i, 1, generator=generator).squeeze(1)
         neg_text = torch.multinomial(w_i2t, 1, generator=generator).squeeze(1)
     return neg_image, neg_text
+
+
+def _sampling_weights(sim: Tensor) -> Tensor:
+    """softmax over the candidates with the diagonal (own positive) zeroed; a row that is not finite (a diverged
+    step, whose loss the trainer then skips) falls back to uniform weights so sampling itself cannot fail."""
+    w = F.softmax(sim.float(), dim=1).fill_diagonal_(0)
+    bad = ~torch.isfinite(w).all(1) | (w.sum(1) <= 0)
+    uniform = torch.ones_like(w).fill_diagonal_(0)
+    return torch.where(bad[:, None], uniform, w)
 
 
 def itm_labels(batch_size: int, device: torch.device) -> Tensor:

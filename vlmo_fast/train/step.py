@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vlmo_fast import objectives as O
-from vlmo_fast.distributed import gather_local_first
+from vlmo_fast.distributed import fetch_rows
 from vlmo_fast.model.vlmo import Encoding, VLMo
 from vlmo_fast.ops.packing import pack_text
 
@@ -77,17 +77,17 @@ def pretrain_losses(model: VLMo, batch: dict, tasks: set[str], gather_grad: bool
     # One fused pass over [positives | (text, negative image) | (negative text, image) | MLM input].
     texts, text_len, images = [], [], []
     if "itm" in tasks:
-        if i2t is None:
-            raise ValueError("ITM with hard negatives needs ITC (as in the official code)")
         if negatives is None:
+            if i2t is None:
+                raise ValueError("ITM with hard negatives needs ITC (as in the official code)")
             negatives = O.hard_negative_indices(i2t, i2t.t(), B, generator)
         neg_image, neg_text = negatives
-        with torch.no_grad():
-            all_ids, all_lens = gather_local_first(ids, False), gather_local_first(lens, False)
-            all_img = gather_local_first(img, False)
-        texts += [ids, ids, all_ids[neg_text]]
-        text_len += [lens, lens, all_lens[neg_text]]
-        images += [img, all_img[neg_image], img]
+        with torch.no_grad():  # only the chosen rows travel between ranks
+            neg_ids, neg_lens = fetch_rows(ids, neg_text), fetch_rows(lens, neg_text)
+            neg_img = fetch_rows(img, neg_image)
+        texts += [ids, ids, neg_ids]
+        text_len += [lens, lens, neg_lens]
+        images += [img, neg_img, img]
     if "mlm" in tasks:
         texts.append(batch["text_ids_mlm"])
         text_len.append(lens)
@@ -153,12 +153,13 @@ def irtr_losses(model: VLMo, batch: dict, gather_grad: bool = True) -> tuple[dic
 
 
 def task_losses(model: VLMo, batch: dict, tasks: set[str], gather_grad: bool = True,
-                generator: torch.Generator | None = None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+                generator: torch.Generator | None = None,
+                negatives: tuple[Tensor, Tensor] | None = None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Every enabled objective; the training loss is the plain sum of the returned losses (as official)."""
     losses, metrics = {}, {}
     parts = []
     if tasks & {"itc", "itm", "mlm"}:
-        parts.append(pretrain_losses(model, batch, tasks, gather_grad, generator=generator))
+        parts.append(pretrain_losses(model, batch, tasks, gather_grad, negatives, generator))
     if "textmlm" in tasks:
         parts.append(textmlm_losses(model, batch))
     if "vqa" in tasks:

@@ -19,10 +19,11 @@ FAST_DEFAULTS: dict = {
     "activation_checkpointing": False,
     "itc_gather_grad": True,       # all-gather contrastive features with gradient (exact); False = official
     "resume": False,
+    "trust_checkpoint": False,     # allow full unpickling of load_path (only for files from a trusted source)
     "max_train_steps": None,       # stop after this many optimizer steps (overrides the epoch count)
     "checkpoint_every": 0,         # optimizer steps between checkpoints (0 = at the end of every epoch)
     "nan_limit": 10,               # stop after this many skipped steps with a non-finite loss
-    "vqa_min_answer_count": 9,     # answer vocabulary threshold of the VQA converter
+    "eval_limit": 0,               # evaluate on at most this many samples (images for retrieval); 0 = all
 }
 DEFAULTS = {**OFFICIAL_DEFAULTS, **FAST_DEFAULTS}
 
@@ -85,19 +86,19 @@ for _n, _a, _lr in [("base_image384", _B, 3e-5), ("base_plus_image384", _BP, 3e-
 # in minutes, then evaluated.  Named like the official families.
 _TINY = dict(model_arch="vlmo_tiny_patch16", image_size=64, max_text_len=24, drop_path_rate=0.0,
              train_transform_keys=["square_transform"], val_transform_keys=["square_transform"],
-             per_gpu_batchsize=32, batch_size=32, max_steps=None, warmup_steps=0.1, learning_rate=1e-3,
-             eval_batch_size=128, num_workers=0, whole_word_masking=False, vqa_min_answer_count=1)
+             per_gpu_batchsize=32, batch_size=32, max_steps=None, warmup_steps=0.1, learning_rate=5e-4,
+             eval_batch_size=128, num_workers=0, whole_word_masking=False)
 TASKS.update({
     "task_textmlm_tiny": _task(_TINY, exp_name="textmlm_tiny", datasets=["synthetic_text"],
                                loss_names=_losses(textmlm=1), max_epoch=2),
     "task_mlm_itm_itc_tiny": _task(_TINY, exp_name="mlm_itm_itc_tiny", datasets=["synthetic_caption"],
-                                   loss_names=_losses(itm=1, itc=1, mlm=1), max_epoch=4, get_recall_metric=True),
+                                   loss_names=_losses(itm=1, itc=1, mlm=1), max_epoch=3, get_recall_metric=True),
     "task_finetune_vqa_tiny": _task(_TINY, exp_name="finetune_vqa_tiny", datasets=["synthetic_vqa"],
-                                    loss_names=_losses(vqa=1), max_epoch=6, lr_mult=10),
+                                    loss_names=_losses(vqa=1), max_epoch=2, learning_rate=3e-4, lr_mult=10),
     "task_finetune_nlvr2_tiny": _task(_TINY, exp_name="finetune_nlvr2_tiny", datasets=["synthetic_nlvr2"],
-                                      loss_names=_losses(nlvr2=1), max_epoch=6),
+                                      loss_names=_losses(nlvr2=1), max_epoch=4, learning_rate=3e-4),
     "task_finetune_irtr_tiny": _task(_TINY, exp_name="finetune_irtr_tiny", datasets=["synthetic_caption"],
-                                     loss_names=_losses(irtr=1), max_epoch=4, get_recall_metric=True),
+                                     loss_names=_losses(irtr=1), max_epoch=2, get_recall_metric=True),
 })
 
 # Schedule add-ons of the official config (applied after a task).

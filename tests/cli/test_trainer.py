@@ -1,0 +1,93 @@
+"""The trainer end to end on the CPU: a golden loss curve, exact resume, non-finite losses, the README's main job,
+plot, predict and bench."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from tests.tiny import TINY
+from vlmo_fast.cli import main
+from vlmo_fast.train.tasks import resolve
+from vlmo_fast.train.trainer import Trainer, TrainingStopped
+
+GOLDEN = Path(__file__).resolve().parent.parent / "assets" / "golden_losses_tiny.json"
+
+
+def run(root, log_dir, *extra) -> list[dict]:
+    config = resolve("task_mlm_itm_itc_tiny", TINY + [f"data_root={root}", f"log_dir={log_dir}",
+                                                      "drop_path_rate=0.1", *extra])
+    Trainer(config).fit()
+    return [json.loads(line) for line in (Path(log_dir) / "log.jsonl").read_text().splitlines()]
+
+
+def losses(log: list[dict]) -> list[float]:
+    return [r["loss"] for r in log]
+
+
+def golden_run(root, log_dir) -> list[float]:
+    """Six deterministic steps of the tiny pre-training (drop path on), the curve stored in tests/assets."""
+    return losses(run(root, log_dir, "max_train_steps=6", "seed=3"))
+
+
+def test_golden_loss_curve(synthetic_root, tmp_path):
+    expected = json.loads(GOLDEN.read_text())["losses"]
+    torch.testing.assert_close(torch.tensor(golden_run(synthetic_root, tmp_path)), torch.tensor(expected),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_resume_continues_exactly(synthetic_root, tmp_path):
+    """Stopping after 2 steps and resuming gives the uninterrupted curve bit for bit (CPU)."""
+    full = losses(run(synthetic_root, tmp_path / "full", "max_train_steps=5", "checkpoint_every=2"))
+    run(synthetic_root, tmp_path / "cut", "max_train_steps=2", "checkpoint_every=2")
+    resumed = run(synthetic_root, tmp_path / "cut", "max_train_steps=5", "checkpoint_every=2", "resume=True")
+    assert losses(resumed) == full  # the log holds the 2 steps before and the 3 after the resume
+
+
+def test_resume_without_checkpoint_names_the_directory(synthetic_root, tmp_path):
+    with pytest.raises(FileNotFoundError, match=str(tmp_path / "checkpoints")):
+        run(synthetic_root, tmp_path, "max_train_steps=1", "resume=True")
+
+
+def test_non_finite_losses_are_skipped_then_stop(synthetic_root, tmp_path):
+    with pytest.raises(TrainingStopped, match="non-finite"):
+        run(synthetic_root, tmp_path, "max_train_steps=20", "learning_rate=1e30", "warmup_steps=0", "nan_limit=2")
+
+
+def test_readme_main_job_quick(tmp_path):
+    """`vlmo-fast demo` end to end (a few steps): synthetic data, pre-training, retrieval, VQA, metrics.json."""
+    assert main(["demo", str(tmp_path), "--quick"]) == 0
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert {"recalls/ir_r1", "recalls/tr_r1", "vqa/val/score", "vqa/val/majority_baseline"} <= set(metrics)
+    assert main(["plot", str(tmp_path / "pretrain")]) == 0
+    assert Image.open(tmp_path / "pretrain" / "loss.png").size == (900, 500)
+
+    ckpt, images = tmp_path / "vqa" / "model", tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (80, 60), (220, 40, 40)).save(images / "red.png")
+    Image.new("RGB", (50, 50), (40, 180, 60)).save(images / "green.jpg")
+    (images / "broken.jpg").write_bytes(b"not an image")
+    assert main(["predict", "vqa", str(ckpt), "--image", str(images / "red.png"), "--question", "what colour?"]) == 0
+    out = tmp_path / "feats.safetensors"
+    assert main(["predict", "embed", str(tmp_path / "pretrain" / "model"), "--images", str(images),
+                 "--out", str(out)]) == 0
+    from safetensors.torch import load_file
+    assert load_file(str(out))["features"].shape[0] == 2  # the broken file skipped
+    assert main(["predict", "retrieve", str(tmp_path / "pretrain" / "model"), "--images", str(images),
+                 "--text", "a red square"]) == 0
+
+
+def test_bench_step_prints_one_json_line_per_impl(capsys):
+    assert main(["bench", "step", "--dim", "32", "--depth", "2", "--heads", "2", "--vl-start", "1", "--image", "32",
+                 "--batch", "4", "--steps", "1", "--warmup", "0"]) == 0
+    lines = [json.loads(l) for l in capsys.readouterr().out.splitlines() if l.startswith("{")]
+    assert [l["impl"] for l in lines] == ["vlmo_fast", "official_style"]
+    assert all(l["samples_per_s"] > 0 and l["step_s_median"] > 0 for l in lines)
+
+
+def test_cli_errors_are_clear(capsys):
+    assert main(["train", "task_nope"]) == 2
+    assert "unknown task or preset" in capsys.readouterr().err

@@ -1,0 +1,44 @@
+"""Run under torchrun (2 processes, gloo): one DDP step of the fused objectives with the exact global ITC gradient,
+given hard negatives and drop path off; rank 0 saves the losses and parameters for tests/distributed/test_ddp.py.
+Also checks that fetch_rows returns the requested rows of the global batch."""
+from __future__ import annotations
+
+import sys
+
+import torch
+import torch.distributed as dist
+
+from tests.distributed.common import GLOBAL_BATCH, build_model, global_batch, global_negatives, shard, to_local_first
+from vlmo_fast.distributed import fetch_rows
+from vlmo_fast.train.trainer import StepModule
+
+
+def main(out: str) -> None:
+    dist.init_process_group("gloo")
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.set_num_threads(1)
+    model = build_model()
+    full = global_batch(model.cfg)
+    local = shard(full, rank, world)
+    neg_image, neg_text = (to_local_first(n, rank, world, GLOBAL_BATCH // world) for n in global_negatives())
+    B = GLOBAL_BATCH // world
+    mine = slice(rank * B, (rank + 1) * B)
+    fetched = fetch_rows(local["image"][0], neg_image[mine])
+    assert torch.equal(fetched, full["image"][0][global_negatives()[0][mine]]), "fetch_rows returned other rows"
+
+    module = torch.nn.parallel.DistributedDataParallel(StepModule(model, {"itc", "itm", "mlm"}, gather_grad=True),
+                                                       find_unused_parameters=True)
+    losses, _ = module(local, (neg_image[mine], neg_text[mine]))
+    loss = sum(losses.values())
+    loss.backward()
+    torch.optim.SGD(model.parameters(), lr=1.0).step()
+    gathered = [torch.zeros(()) for _ in range(world)]
+    dist.all_gather(gathered, loss.detach())
+    if rank == 0:
+        torch.save({"losses": {k: v.detach() for k, v in losses.items()}, "rank_losses": gathered,
+                    "params": {k: v.detach().clone() for k, v in model.state_dict().items()}}, out)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

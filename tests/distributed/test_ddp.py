@@ -1,0 +1,63 @@
+"""Two-process gloo runs under torchrun: a DDP step equals one process on the concatenated batch; the trainer runs
+under torchrun."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.tiny import TINY
+from tests.distributed.common import build_model, global_batch, global_negatives
+from vlmo_fast.train.step import pretrain_losses
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}", *args]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+@pytest.mark.slow
+def test_ddp_step_equals_single_process_on_concatenated_batch(tmp_path):
+    out = tmp_path / "rank0.pt"
+    torchrun(str(REPO / "tests" / "distributed" / "ddp_worker.py"), str(out))
+    ddp = torch.load(out, weights_only=True)
+
+    model = build_model()
+    losses, _ = pretrain_losses(model, global_batch(model.cfg), {"itc", "itm", "mlm"}, gather_grad=True,
+                                negatives=global_negatives())
+    # The global ITC loss is the same on every rank; ITM and MLM are means whose rank average is the global mean.
+    torch.testing.assert_close(ddp["losses"]["itc_loss"], losses["itc_loss"], rtol=1e-5, atol=1e-6)
+    rank_mean = sum(ddp["rank_losses"]) / len(ddp["rank_losses"])
+    torch.testing.assert_close(rank_mean - ddp["losses"]["itc_loss"], losses["itm_loss"] + losses["mlm_loss"],
+                               rtol=1e-5, atol=1e-5)
+    sum(losses.values()).backward()
+    torch.optim.SGD(model.parameters(), lr=1.0).step()
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(ddp["params"][k], v, rtol=1e-4, atol=2e-6, msg=k)
+
+
+@pytest.mark.slow
+def test_trainer_under_torchrun(synthetic_root, tmp_path):
+    torchrun("-m", "vlmo_fast.cli", "train", "task_mlm_itm_itc_tiny", *TINY, f"data_root={synthetic_root}",
+             f"log_dir={tmp_path}", "max_train_steps=2", "checkpoint_every=1", "eval_limit=8")
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2]
+    assert (tmp_path / "checkpoints" / "last" / "model.safetensors").is_file()
+    assert "recalls/ir_r1" in json.loads((tmp_path / "metrics.json").read_text())

@@ -1,0 +1,121 @@
+"""`vlmo-fast predict`: inference on image files and texts with a vlmo-fast checkpoint directory.
+
+    vlmo-fast predict vqa CKPT --image cat.jpg --question "what colour is the cat?"
+    vlmo-fast predict embed CKPT --images DIR --out image_feats.safetensors      (or --texts FILE, one per line)
+    vlmo-fast predict retrieve CKPT --images DIR --text "a red circle" --top-k 5
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from vlmo_fast.checkpoint.native import load_model, read_config
+from vlmo_fast.data.images import BadImage, decode_rgb
+from vlmo_fast.data.tokenizer import get_tokenizer
+from vlmo_fast.data.transforms import square_transform
+from vlmo_fast.train.evaluate import embed_images, embed_texts
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def load_images(paths: list[Path], size: int) -> tuple[torch.Tensor, list[Path], list[str]]:
+    """(N, 3, S, S) in [-1, 1] for the readable images; unreadable ones are skipped and reported."""
+    tf = square_transform(size)
+    tensors, kept, skipped = [], [], []
+    for p in paths:
+        try:
+            tensors.append(tf(decode_rgb(p.read_bytes(), key=str(p))))
+            kept.append(p)
+        except (BadImage, OSError) as err:
+            skipped.append(f"{p}: {err}")
+    if not tensors:
+        raise ValueError(f"no readable image among {len(paths)} file(s): {skipped[:3]}")
+    return torch.stack(tensors), kept, skipped
+
+
+def image_files(folder: str) -> list[Path]:
+    d = Path(folder)
+    if not d.is_dir():
+        raise FileNotFoundError(f"image folder not found: {d}")
+    files = sorted(p for p in d.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise ValueError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {d}")
+    return files
+
+
+def _image_feats(model, files: list[Path], batch: int) -> tuple[torch.Tensor, list[Path]]:
+    images, kept, skipped = load_images(files, model.cfg.image_size)
+    for s in skipped:
+        print(f"skipped {s}")
+    return torch.cat([embed_images(model, images[i:i + batch]) for i in range(0, len(images), batch)]), kept
+
+
+def _texts(model, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    enc = get_tokenizer().encode(texts, model.cfg.max_text_len)
+    return enc.ids, enc.lens
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    model = load_model(args.checkpoint).eval()
+    _, meta = read_config(args.checkpoint)
+    if args.mode == "vqa":
+        if not hasattr(model, "vqa_classifier"):
+            raise ValueError(f"{args.checkpoint} has no VQA head: fine-tune with a task_finetune_vqa_* task first")
+        answers = meta.get("vqa_answers")
+        images, _, _ = load_images([Path(args.image)], model.cfg.image_size)
+        ids, lens = _texts(model, [args.question])
+        with torch.no_grad():
+            enc = model.encode(text_ids=ids, text_lens=lens, images=images)
+            probs = model.vqa_classifier(model.pooler(enc.first_rows(enc.feats))).sigmoid()[0]
+        top = probs.topk(min(args.top_k, probs.numel()))
+        for p, i in zip(top.values.tolist(), top.indices.tolist()):
+            print(f"{answers[i] if answers else i}\t{p:.3f}")
+        return 0
+    if args.mode == "embed":
+        if bool(args.images) == bool(args.texts):
+            raise ValueError("give exactly one of --images DIR or --texts FILE")
+        if args.images:
+            feats, kept = _image_feats(model, image_files(args.images), args.batch_size)
+            names = [str(p) for p in kept]
+        else:
+            names = [t for t in Path(args.texts).read_text().splitlines() if t.strip()]
+            ids, lens = _texts(model, names)
+            feats = embed_texts(model, ids, lens, args.batch_size, torch.device("cpu"))
+        save_file({"features": feats.contiguous()}, args.out, metadata={"names": json.dumps(names)})
+        print(f"wrote {feats.shape[0]} x {feats.shape[1]} features to {args.out}")
+        return 0
+    files = image_files(args.images)
+    feats, kept = _image_feats(model, files, args.batch_size)
+    ids, lens = _texts(model, [args.text])
+    scores = (feats @ embed_texts(model, ids, lens, 1, torch.device("cpu")).t()).squeeze(1)
+    top = scores.topk(min(args.top_k, len(kept)))
+    for s, i in zip(top.values.tolist(), top.indices.tolist()):
+        print(f"{s:.4f}\t{kept[i]}")
+    return 0
+
+
+def add_predict_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("predict", help="answer questions, embed, retrieve with a trained checkpoint")
+    sub = p.add_subparsers(dest="mode", required=True)
+    q = sub.add_parser("vqa", help="answer a question about an image")
+    q.add_argument("checkpoint", help="a vlmo-fast checkpoint directory (LOG_DIR/model)")
+    q.add_argument("--image", required=True)
+    q.add_argument("--question", required=True)
+    q.add_argument("--top-k", type=int, default=3)
+    q = sub.add_parser("embed", help="ITC features of images or texts to a safetensors file")
+    q.add_argument("checkpoint")
+    q.add_argument("--images", help="folder of images")
+    q.add_argument("--texts", help="text file, one text per line")
+    q.add_argument("--out", required=True)
+    q.add_argument("--batch-size", type=int, default=64)
+    q = sub.add_parser("retrieve", help="the top-k images of a folder for a text")
+    q.add_argument("checkpoint")
+    q.add_argument("--images", required=True)
+    q.add_argument("--text", required=True)
+    q.add_argument("--top-k", type=int, default=5)
+    q.add_argument("--batch-size", type=int, default=64)
+    return p

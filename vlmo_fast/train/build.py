@@ -1,0 +1,33 @@
+"""Building the model of a run: architecture from the config, weights from load_path, stage-2 freezing."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from vlmo_fast.checkpoint import load_official
+from vlmo_fast.checkpoint.native import CONFIG
+from vlmo_fast.compat.config import model_config
+from vlmo_fast.model.vlmo import VLMo
+from .optim import freeze_for_text_pretraining
+from .tasks import official_part
+
+log = logging.getLogger(__name__)
+
+
+def build_model(config: dict, device: torch.device) -> VLMo:
+    """The run's model on `device`.  load_path may be an official file (loaded as the official code does, with a
+    report) or a vlmo-fast checkpoint directory (model.safetensors + config.json)."""
+    model = VLMo(model_config(official_part(config)))
+    path = config["load_path"]
+    if path:
+        if Path(path).is_dir() and not (Path(path) / CONFIG).is_file():
+            raise FileNotFoundError(f"{path} is a directory without {CONFIG}: not a vlmo-fast checkpoint")
+        report = load_official(model, official_part(config), trusted=config["trust_checkpoint"])
+        log.info("checkpoint: %s", report)
+    if "textmlm" in model.cfg.tasks:  # as the official run.py: whenever the task is text pre-training
+        names = freeze_for_text_pretraining(model)
+        log.info("stage 2: %d trainable tensors (text embeddings, text experts, MLM head, rel-pos table, norm)",
+                 len(names))
+    return model.to(device)

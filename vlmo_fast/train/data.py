@@ -1,0 +1,76 @@
+"""Data loaders of a training run: the task's datasets, the official collate, seeded order per epoch."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
+
+from vlmo_fast.data.collate import Collator
+from vlmo_fast.data.datasets import TextOnlyView, build_dataset, set_epoch
+from vlmo_fast.data.registry import get_spec
+
+# Answer vocabularies written beside the VQA arrow files by the converters (label -> answer).
+ANSWER_FILES = {"vqa": "vqav2_answers.json", "synthetic_vqa": "synthetic_vqa_answers.json"}
+
+
+def answer_vocabulary(config: dict) -> list[str] | None:
+    """The VQA answers (label -> string) of the task's VQA dataset, None if the task has none."""
+    for name in config["datasets"]:
+        if name in ANSWER_FILES:
+            path = Path(config["data_root"]) / ANSWER_FILES[name]
+            if not path.is_file():
+                raise FileNotFoundError(f"{path} not found: write the VQA arrow files with `vlmo-fast convert`")
+            return json.loads(path.read_text())
+    return None
+
+
+def build_split(config: dict, split: str, train: bool, image_only: bool = False) -> Dataset:
+    """The concatenation of the task's datasets for a split (text-only tasks read only the captions)."""
+    text_only = config["loss_names"].get("textmlm", 0) > 0
+    parts = []
+    for name in config["datasets"]:
+        if not get_spec(name).splits.get(split):
+            continue
+        ds = build_dataset(config["data_root"], name, split, image_size=config["image_size"],
+                           max_text_len=config["max_text_len"], train=train, image_only=image_only,
+                           seed=config["seed"], decode="pil")
+        parts.append(TextOnlyView(ds) if text_only and get_spec(name).kind != "text" else ds)
+    if not parts:
+        raise ValueError(f"none of the datasets {config['datasets']} has a {split!r} split")
+    return parts[0] if len(parts) == 1 else ConcatDataset(parts)
+
+
+def epoch_order(n: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[int]:
+    """This rank's sample order for an epoch: a seeded permutation, dealt round-robin over ranks (each rank the
+    same number of samples, the tail dropped as a DistributedSampler with drop_last would)."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch)).tolist()
+    per_rank = n // world
+    return perm[rank:per_rank * world:world]
+
+
+def loader(dataset: Dataset, indices: list[int], config: dict, batch_size: int, epoch: int, drop_last: bool,
+           device: torch.device) -> DataLoader:
+    """A DataLoader over `indices` in that order (resume skips the consumed prefix by slicing them)."""
+    set_epoch(dataset, epoch)
+    collate = Collator(max_text_len=config["max_text_len"], whole_word=config["whole_word_masking"],
+                       mlm_prob=config["mlm_prob"])
+    workers = int(config["num_workers"])
+    # Its own generator: creating the iterator must not draw from the global RNG, or a resumed run (which creates
+    # one more iterator) would see another drop-path stream than the uninterrupted one.
+    generator = torch.Generator().manual_seed(int(config["seed"]) * 7919 + epoch)
+    return DataLoader(dataset, batch_size=batch_size, sampler=indices, collate_fn=collate, drop_last=drop_last,
+                      num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=False,
+                      prefetch_factor=4 if workers else None, generator=generator)
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """Tensors (and lists of tensors, the official image lists) moved to the device; the rest kept."""
+    def move(v):
+        if isinstance(v, torch.Tensor):
+            return v.to(device, non_blocking=True)
+        if isinstance(v, list) and v and isinstance(v[0], torch.Tensor):
+            return [t.to(device, non_blocking=True) for t in v]
+        return v
+    return {k: move(v) for k, v in batch.items()}

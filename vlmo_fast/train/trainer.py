@@ -1,0 +1,275 @@
+"""The training loop: a readable top-to-bottom loop around the fused objectives (step.py), with gradient
+accumulation to the task's global batch, the official schedule, mixed precision, DDP through torchrun, atomic
+checkpoints that resume exactly, and the final evaluation."""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from vlmo_fast.checkpoint.native import save_model
+from .build import build_model
+from .checkpointing import latest_checkpoint, load_training_state, save_training_state
+from .data import answer_vocabulary, build_split, epoch_order, loader, to_device
+from .evaluate import evaluate
+from .optim import make_optimizer, make_scheduler, warmup_steps_of
+from .step import task_losses
+
+log = logging.getLogger(__name__)
+
+
+class TrainingStopped(RuntimeError):
+    """Raised when training cannot go on (too many non-finite losses)."""
+
+
+class StepModule(nn.Module):
+    """The model plus the run's objectives: forward(batch) -> (losses, metrics); what DDP wraps."""
+
+    def __init__(self, model: nn.Module, tasks: set[str], gather_grad: bool):
+        super().__init__()
+        self.model, self.tasks, self.gather_grad = model, tasks, gather_grad
+        self.generator: torch.Generator | None = None
+
+    def forward(self, batch: dict, negatives=None):
+        return task_losses(self.model, batch, self.tasks, self.gather_grad, self.generator, negatives)
+
+
+def pick_device(config: dict) -> torch.device:
+    if config["device"] != "auto":
+        return torch.device(config["device"])
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def autocast_dtype(config: dict, device: torch.device) -> torch.dtype | None:
+    """None = fp32; bf16 on CUDA by default.  The official precision=16 maps to fp16 with a gradient scaler."""
+    p = str(config["precision"])
+    if p == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"32": None, "bf16": torch.bfloat16, "16": torch.float16}[p]
+
+
+def init_distributed(device: torch.device) -> tuple[int, int]:
+    """torchrun sets WORLD_SIZE/RANK; NCCL on GPUs, gloo on the CPU."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class Trainer:
+    """Example: Trainer(resolve("task_mlm_itm_itc_tiny", ["data_root=data", "log_dir=runs/x"])).fit()"""
+
+    def __init__(self, config: dict):
+        self.config = config = dict(config)
+        self.device = pick_device(config)
+        self.rank, self.world = init_distributed(self.device)
+        torch.manual_seed(config["seed"] + self.rank)
+        answers = answer_vocabulary(config)
+        if answers is not None:
+            config["vqav2_label_size"] = len(answers)
+        self.answers = answers
+        self.model = build_model(config, self.device)
+        self.tasks = set(self.model.cfg.tasks)
+        self.amp = autocast_dtype(config, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
+        self.log_dir = Path(config["log_dir"])
+        self.step_module = StepModule(self.model, self.tasks, config["itc_gather_grad"])
+        self.ddp = self.step_module
+        if self.world > 1:
+            self.ddp = nn.parallel.DistributedDataParallel(
+                self.step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True)
+        compile_on = config["compile"] is True or (config["compile"] == "auto" and self.device.type == "cuda")
+        if compile_on:
+            for blk in self.model.transformer.blocks:
+                blk.compile(dynamic=True)
+        self.step = self.epoch = self.micro = self.skipped = 0
+        self._stop_signal = None
+
+    # ----------------------------------------------------------------------------------------------------------
+    def _autocast(self):
+        if self.amp is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp)
+
+    def _is_main(self) -> bool:
+        return self.rank == 0
+
+    @contextlib.contextmanager
+    def _stop_on_signals(self):
+        """SIGTERM / Ctrl-C finish the current step, write a checkpoint and return (handlers restored after)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum, frame):
+            self._stop_signal = signum
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            yield
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+
+    def _log(self, record: dict) -> None:
+        if self._is_main():
+            with open(self.log_dir / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+            if self.tb is not None:
+                for k, v in record.items():
+                    if k != "step" and isinstance(v, (int, float)):
+                        self.tb.add_scalar(k, v, record["step"])
+
+    def _all_finite(self, loss: torch.Tensor) -> bool:
+        """Whether the loss is finite on every rank (all ranks skip a step together, or DDP would hang)."""
+        ok = torch.isfinite(loss.detach()).float()
+        if self.world > 1:
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        return bool(ok.item())
+
+    def _save(self, tag: str | None = None) -> None:
+        """Atomic checkpoint of everything needed to resume exactly (rank 0 writes)."""
+        if self._is_main():
+            save_training_state(self.log_dir / "checkpoints", self.model, self.optimizer, self.scheduler,
+                                self.scaler, dict(step=self.step, epoch=self.epoch, micro=self.micro,
+                                                  skipped=self.skipped), self.config, tag)
+        if self.world > 1:
+            dist.barrier()
+
+    # ----------------------------------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        cfg = self.config
+        if cfg["test_only"]:
+            return self.final_evaluation()
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.tb = None
+        if self._is_main():
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+                self.tb = SummaryWriter(str(self.log_dir / "tensorboard"))
+            except ImportError:
+                log.info("tensorboard is not installed: logging to log.jsonl only")
+        dataset = build_split(cfg, "train", train=True)
+        B = int(cfg["per_gpu_batchsize"])
+        accumulate = max(1, int(cfg["batch_size"]) // (B * self.world))
+        per_epoch = (len(dataset) // self.world // B) // accumulate
+        if per_epoch == 0:
+            raise ValueError(f"{len(dataset)} training samples are fewer than one step of {B * accumulate * self.world}")
+        total = int(cfg["max_steps"]) if cfg["max_steps"] else per_epoch * int(cfg["max_epoch"])
+        stop = min(total, int(cfg["max_train_steps"])) if cfg["max_train_steps"] else total
+        self.optimizer = make_optimizer(self.model, float(cfg["learning_rate"]), float(cfg["weight_decay"]),
+                                        float(cfg["lr_mult"]))
+        self.scheduler = make_scheduler(self.optimizer, warmup_steps_of(cfg["warmup_steps"], total), total)
+        if cfg["resume"]:
+            ckpt = latest_checkpoint(self.log_dir / "checkpoints")
+            state = load_training_state(ckpt, self.model, self.optimizer, self.scheduler, self.scaler, self.device)
+            self.step, self.epoch, self.micro, self.skipped = (state[k] for k in ("step", "epoch", "micro", "skipped"))
+            log.info("resumed from %s at step %d", ckpt, self.step)
+        with self._stop_on_signals():
+            self._train(dataset, B, accumulate, stop)
+        if self._stop_signal is not None:
+            log.warning("stopped by signal %d at step %d; resume with resume=True", self._stop_signal, self.step)
+            print(f"stopped at step {self.step}; resume with resume=True", flush=True)
+            return {}
+        if self._is_main():
+            save_model(self.model, self.log_dir / "model", {"vqa_answers": self.answers, "official_config": {
+                k: v for k, v in cfg.items() if isinstance(v, (int, float, str, bool, list, dict, type(None)))}})
+        return self.final_evaluation()
+
+    def _train(self, dataset, B: int, accumulate: int, stop: int) -> None:
+        """The loop over optimizer steps until `stop` (or a stop signal); ends with the "last" checkpoint."""
+        cfg = self.config
+        self.model.train()
+        bar = tqdm(total=stop, initial=self.step, disable=not self._is_main(), desc=cfg["exp_name"], unit="step")
+        samples, t0, window_loss = 0, time.perf_counter(), []
+        while self.step < stop and self._stop_signal is None:
+            order = epoch_order(len(dataset), int(cfg["seed"]), self.epoch, self.rank, self.world)
+            usable = (len(order) // (B * accumulate)) * B * accumulate
+            data = loader(dataset, order[self.micro * B:usable], cfg, B, self.epoch, True, self.device)
+            bad = False
+            for batch in data:
+                batch = to_device(batch, self.device)
+                boundary = (self.micro + 1) % accumulate == 0
+                self.step_module.generator = torch.Generator(self.device).manual_seed(
+                    int(cfg["seed"]) * 1_000_003 + self.step * accumulate * self.world + self.micro * self.world
+                    + self.rank)
+                sync = contextlib.nullcontext() if boundary or self.world == 1 else self.ddp.no_sync()
+                with sync:
+                    with self._autocast():
+                        losses, metrics = self.ddp(batch)
+                    loss = sum(losses.values())
+                    if not self._all_finite(loss):
+                        bad = True
+                    else:
+                        self.scaler.scale(loss / accumulate).backward()
+                self.micro += 1
+                samples += B * self.world
+                window_loss.append(loss.detach())
+                if not boundary:
+                    continue
+                if bad:  # a non-finite loss in this window: skip the update, count it
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.skipped += 1
+                    bad = False
+                    log.warning("non-finite loss at step %d: update skipped (%d so far)", self.step, self.skipped)
+                    if self.skipped >= int(cfg["nan_limit"]):
+                        raise TrainingStopped(f"{self.skipped} steps had a non-finite loss (limit nan_limit="
+                                              f"{cfg['nan_limit']}); last losses: "
+                                              f"{ {k: float(v) for k, v in losses.items()} }")
+                else:
+                    self.scaler.step(self.optimizer)
+                    self.scaler.update()
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self.scheduler.step()
+                self.step += 1
+                bar.update(1)
+                if self.step % int(cfg["log_every"]) == 0 or self.step == stop:
+                    dt = time.perf_counter() - t0
+                    mean_loss = torch.stack(window_loss).float().mean().item()
+                    record = {"step": self.step, "epoch": self.epoch, "loss": mean_loss,
+                              "lr": self.scheduler.get_last_lr()[0], "samples_per_s": samples / dt,
+                              **{k: v.item() for k, v in losses.items()}, **{k: v.item() for k, v in metrics.items()}}
+                    self._log(record)
+                    bar.set_postfix(loss=f"{mean_loss:.3f}", samples_s=f"{samples / dt:.1f}")
+                    samples, t0, window_loss = 0, time.perf_counter(), []
+                every = int(cfg["checkpoint_every"])
+                if every and self.step % every == 0:
+                    self._save()
+                if self.step >= stop or self._stop_signal is not None:
+                    break
+            else:
+                self.epoch, self.micro = self.epoch + 1, 0
+                if not int(cfg["checkpoint_every"]) and self.step < stop:
+                    self._save()
+        bar.close()
+        if self.tb is not None:
+            self.tb.close()
+        self._save("last")
+
+    def final_evaluation(self) -> dict:
+        """Evaluate the task's metrics; write log_dir/metrics.json (rank 0) and return them."""
+        self.model.eval()
+        with self._autocast():
+            metrics = evaluate(self.model, self.config, self.device, self.answers, self.log_dir)
+        if self._is_main():
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            (self.log_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+            for k, v in metrics.items():
+                print(f"{k}: {v:.4f}" if isinstance(v, float) and math.isfinite(v) else f"{k}: {v}")
+        return metrics
