@@ -1,9 +1,8 @@
 """Image pipeline throughput: PIL (transforms.py, one process) vs DALI (dali.py) at 224 and 384 px, with and
-without RandomAugment; images/s recorded in extra_info (work = images, unit "images/s").
+without RandomAugment; images/s recorded in extra_info by the shared `timed` helper (work = images).
 
 Run: pytest benchmarks/bench_data.py --benchmark-only.  On the CPU DALI runs its 'cpu' decoder; on CUDA the
 'mixed' (nvJPEG) decoder.  Source images: 500x375 JPEGs (COCO-like), a batch of 16.
-The shared `timed` helper scales work by 1e9 or 1e12 (FLOP/s, bytes/s), so images/s is recorded here directly.
 """
 from __future__ import annotations
 
@@ -35,33 +34,27 @@ def jpegs() -> list[bytes]:
     return out
 
 
-def _record(benchmark) -> None:
-    benchmark.extra_info["images/s"] = BATCH / benchmark.stats.stats.median
-
-
 def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @pytest.mark.parametrize("size", [224, 384])
 @pytest.mark.parametrize("mode", ["val", "train", "train_randaug"])
-def test_pil(timed, benchmark, jpegs, size, mode):
+def test_pil(timed, jpegs, size, mode):
     tf = square_transform(size) if mode == "val" else SquareTransformRandAug(size, randaug=mode == "train_randaug")
     rngs = [np.random.default_rng(i) for i in range(BATCH)]
 
     def run():
         return torch.stack([tf(decode_rgb(b), r) for b, r in zip(jpegs, rngs)])
 
-    timed(run, "cpu", rounds=3, warmup=1)
-    _record(benchmark)
+    timed(run, "cpu", work=BATCH, unit="images/s", rounds=3, warmup=1)
 
 
 @pytest.mark.parametrize("size", [224, 384])
 @pytest.mark.parametrize("mode", ["val", "train", "train_randaug"])
-def test_dali(timed, benchmark, jpegs, size, mode):
+def test_dali(timed, jpegs, size, mode):
     pytest.importorskip("nvidia.dali")
     from vlmo_fast.data.dali import DaliDecoder
     dec = DaliDecoder(size, train=mode != "val", randaug=mode == "train_randaug", device=_device(),
                       batch_size=BATCH, num_threads=2)
-    timed(lambda: dec(jpegs), _device(), rounds=3, warmup=1)
-    _record(benchmark)
+    timed(lambda: dec(jpegs), _device(), work=BATCH, unit="images/s", rounds=3, warmup=1)

@@ -43,7 +43,7 @@ def timed(benchmark):
         result = benchmark.pedantic(call, rounds=rounds, iterations=1)
         benchmark.extra_info.update(environment(device))
         if work is not None:
-            scale = 1e12 if unit.startswith("T") else 1e9
+            scale = {"T": 1e12, "G": 1e9, "M": 1e6}.get(unit[0], 1.0)  # TFLOP/s, GB/s, ...; samples/s as is
             benchmark.extra_info[unit] = work / benchmark.stats.stats.median / scale
         return result
 

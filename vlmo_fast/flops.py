@@ -21,15 +21,25 @@ def pass_flops(cfg: ModelConfig, text_lens: list[int], image_tokens: int, layers
     return L * (8 * T * D * D + 4 * T * D * F + 4 * D * attn)
 
 
-def pretrain_step_flops(cfg: ModelConfig, text_lens: list[int]) -> float:
-    """FLOPs (forward + backward) of a stage-3 step: text and image passes with their VL-FFN branch, and four
-    fused passes (ITM positives, two hard-negative sets, MLM)."""
-    ni = cfg.num_image_tokens
-    top = cfg.depth - cfg.vl_start
-    fwd = (pass_flops(cfg, text_lens, 0) + pass_flops(cfg, text_lens, 0, top)
-           + pass_flops(cfg, [0] * len(text_lens), ni) + pass_flops(cfg, [0] * len(text_lens), ni, top)
-           + 4 * pass_flops(cfg, text_lens, ni))
+def step_flops(cfg: ModelConfig, tasks: set[str], text_lens: list[int]) -> float:
+    """FLOPs (forward + backward) of one training step of the fused objectives (vlmo_fast/train/step.py) on pairs
+    with these real caption lengths: ITC runs the text and image passes with their VL-FFN branch, ITM three fused
+    passes (positives, two hard-negative sets), MLM one, VQA one, NLVR2 two, IRTR the two unimodal passes."""
+    ni, top, none = cfg.num_image_tokens, cfg.depth - cfg.vl_start, [0] * len(text_lens)
+    text, image, fused = pass_flops(cfg, text_lens, 0), pass_flops(cfg, none, ni), pass_flops(cfg, text_lens, ni)
+    fwd = 0.0
+    if "itc" in tasks:
+        fwd += text + image + pass_flops(cfg, text_lens, 0, top) + pass_flops(cfg, none, ni, top)
+    if "irtr" in tasks:
+        fwd += text + image
+    fwd += fused * (3 * ("itm" in tasks) + ("mlm" in tasks) + ("vqa" in tasks) + 2 * ("nlvr2" in tasks))
+    fwd += text * ("textmlm" in tasks)
     return 3.0 * fwd
+
+
+def pretrain_step_flops(cfg: ModelConfig, text_lens: list[int]) -> float:
+    """A stage-3 step (ITC + ITM with hard negatives + MLM)."""
+    return step_flops(cfg, {"itc", "itm", "mlm"}, text_lens)
 
 
 # Dense bf16 peak of the devices the project reports on (FLOP/s).

@@ -50,6 +50,9 @@ def test_resume_continues_exactly(synthetic_root, tmp_path):
 def test_resume_without_checkpoint_names_the_directory(synthetic_root, tmp_path):
     with pytest.raises(FileNotFoundError, match=str(tmp_path / "checkpoints")):
         run(synthetic_root, tmp_path, "max_train_steps=1", "resume=True")
+    # resume=auto (for torchrun restarts) starts fresh without one, and continues from one when it exists
+    assert [r["step"] for r in run(synthetic_root, tmp_path, "max_train_steps=1", "resume=auto")] == [1]
+    assert [r["step"] for r in run(synthetic_root, tmp_path, "max_train_steps=2", "resume=auto")] == [1, 2]
 
 
 def test_non_finite_losses_are_skipped_then_stop(synthetic_root, tmp_path):

@@ -63,3 +63,24 @@ def test_sampled_negatives_exclude_the_positive():
     for _ in range(20):
         neg_img, neg_txt = step.O.hard_negative_indices(sim, sim.t(), 8, gen)
         assert not (neg_img == torch.arange(8)).any() and not (neg_txt == torch.arange(8)).any()
+
+
+def test_activation_checkpointing_gives_the_same_gradients(official):
+    """Recomputing the blocks in the backward (drop path on: the RNG is replayed) changes no gradient."""
+    model = build(official).train()
+    for blk in model.transformer.blocks:
+        blk.drop_path = 0.3
+    batch = {k: v for k, v in official_batch(official).items() if not k.startswith("image_")}
+    neg = (official.tensors["out.itm_hardneg.neg_image_idx"], official.tensors["out.itm_hardneg.neg_text_idx"])
+
+    def grads_of(checkpointing: bool):
+        model.zero_grad()
+        model.transformer.activation_checkpointing = checkpointing
+        torch.manual_seed(7)
+        losses, _ = step.pretrain_losses(model, batch, {"itc", "itm", "mlm"}, negatives=neg)
+        sum(losses.values()).backward()
+        return grads(model)
+
+    plain, recomputed = grads_of(False), grads_of(True)
+    for k in plain:
+        torch.testing.assert_close(recomputed[k], plain[k], rtol=1e-5, atol=1e-6, msg=k)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from vlmo_fast.config import ModelConfig
 from .block import Block, LayerInput
@@ -21,6 +22,7 @@ class MultiWayTransformer(nn.Module):
         dpr = torch.linspace(0, cfg.drop_path_rate, cfg.depth, device="cpu").tolist()
         self.blocks = nn.ModuleList(Block(cfg, i, dpr[i]) for i in range(cfg.depth))
         self.norm = nn.LayerNorm(D, eps=cfg.layernorm_eps)
+        self.activation_checkpointing = False  # recompute each block in the backward instead of storing it
 
     def visual_embed(self, images: Tensor) -> Tensor:
         """(B, 3, S, S) -> (B, Ni, D) image tokens before the modality embedding."""
@@ -29,7 +31,12 @@ class MultiWayTransformer(nn.Module):
     def run_blocks(self, x: Tensor, inputs: list[LayerInput], start: int, hidden: list[Tensor] | None) -> Tensor:
         """Blocks start .. start+len(inputs)-1 over packed rows x (T, D); appends each output to `hidden`."""
         for i, inp in enumerate(inputs):
-            x = self.blocks[start + i](x, inp)
+            blk = self.blocks[start + i]
+            if self.activation_checkpointing and self.training and torch.is_grad_enabled():
+                # the RNG state is replayed, so drop path draws the same decisions in the recomputation
+                x = checkpoint(blk, x, inp, use_reentrant=False)
+            else:
+                x = blk(x, inp)
             if hidden is not None:
                 hidden.append(x)
         return x

@@ -19,6 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from vlmo_fast.checkpoint.native import save_model
+from vlmo_fast.flops import device_peak, step_flops
 from .build import build_model
 from .checkpointing import latest_checkpoint, load_training_state, save_training_state
 from .data import answer_vocabulary, build_split, epoch_order, loader, to_device
@@ -85,6 +86,7 @@ class Trainer:
             config["vqav2_label_size"] = len(answers)
         self.answers = answers
         self.model = build_model(config, self.device)
+        self.model.transformer.activation_checkpointing = bool(config["activation_checkpointing"])
         self.tasks = set(self.model.cfg.tasks)
         self.amp = autocast_dtype(config, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
@@ -176,7 +178,10 @@ class Trainer:
         self.optimizer = make_optimizer(self.model, float(cfg["learning_rate"]), float(cfg["weight_decay"]),
                                         float(cfg["lr_mult"]))
         self.scheduler = make_scheduler(self.optimizer, warmup_steps_of(cfg["warmup_steps"], total), total)
-        if cfg["resume"]:
+        if cfg["resume"] not in (True, False, "auto"):
+            raise ValueError(f"resume={cfg['resume']!r}: expected True, False or auto")
+        has_ckpt = cfg["resume"] == "auto" and any((self.log_dir / "checkpoints").glob("*/trainer.pt"))
+        if cfg["resume"] is True or has_ckpt:
             ckpt = latest_checkpoint(self.log_dir / "checkpoints")
             state = load_training_state(ckpt, self.model, self.optimizer, self.scheduler, self.scaler, self.device)
             self.step, self.epoch, self.micro, self.skipped = (state[k] for k in ("step", "epoch", "micro", "skipped"))
@@ -197,13 +202,15 @@ class Trainer:
         cfg = self.config
         self.model.train()
         bar = tqdm(total=stop, initial=self.step, disable=not self._is_main(), desc=cfg["exp_name"], unit="step")
-        samples, t0, window_loss = 0, time.perf_counter(), []
+        samples, flops, t0, window_loss = 0, 0.0, time.perf_counter(), []
+        peak = device_peak(torch.cuda.get_device_name(self.device)) if self.device.type == "cuda" else None
         while self.step < stop and self._stop_signal is None:
             order = epoch_order(len(dataset), int(cfg["seed"]), self.epoch, self.rank, self.world)
             usable = (len(order) // (B * accumulate)) * B * accumulate
             data = loader(dataset, order[self.micro * B:usable], cfg, B, self.epoch, True, self.device)
             bad = False
             for batch in data:
+                step_work = step_flops(self.model.cfg, self.tasks, batch["text_lens"].tolist())  # host-side lengths
                 batch = to_device(batch, self.device)
                 boundary = (self.micro + 1) % accumulate == 0
                 self.step_module.generator = torch.Generator(self.device).manual_seed(
@@ -220,6 +227,7 @@ class Trainer:
                         self.scaler.scale(loss / accumulate).backward()
                 self.micro += 1
                 samples += B * self.world
+                flops += step_work * self.world
                 window_loss.append(loss.detach())
                 if not boundary:
                     continue
@@ -244,10 +252,11 @@ class Trainer:
                     mean_loss = torch.stack(window_loss).float().mean().item()
                     record = {"step": self.step, "epoch": self.epoch, "loss": mean_loss,
                               "lr": self.scheduler.get_last_lr()[0], "samples_per_s": samples / dt,
+                              "tflops_per_s": flops / dt / 1e12, **({"mfu": flops / dt / peak} if peak else {}),
                               **{k: v.item() for k, v in losses.items()}, **{k: v.item() for k, v in metrics.items()}}
                     self._log(record)
                     bar.set_postfix(loss=f"{mean_loss:.3f}", samples_s=f"{samples / dt:.1f}")
-                    samples, t0, window_loss = 0, time.perf_counter(), []
+                    samples, flops, t0, window_loss = 0, 0.0, time.perf_counter(), []
                 every = int(cfg["checkpoint_every"])
                 if every and self.step % every == 0:
                     self._save()
