@@ -71,19 +71,23 @@ def official_style_losses(model, batch: dict) -> torch.Tensor:
     return itc["itc_loss"] + itm["itm_loss"] + mlm["mlm_loss"]
 
 
-def measure(step_fn, steps: int, warmup: int, device) -> list[float]:
+def measure(impls: dict, steps: int, warmup: int, device) -> dict[str, list[float]]:
+    """Step times of every implementation, interleaved (one step of each in turn) so that both see the same
+    machine conditions; warm-up steps (and compilation) are not timed."""
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-    for _ in range(warmup):
-        step_fn()
+    for fn in impls.values():
+        for _ in range(warmup):
+            fn()
     sync()
-    times = []
+    times: dict[str, list[float]] = {name: [] for name in impls}
     for _ in range(steps):
-        t = time.perf_counter()
-        step_fn()
-        sync()
-        times.append(time.perf_counter() - t)
+        for name, fn in impls.items():
+            t = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - t)
     return times
 
 
@@ -127,8 +131,8 @@ def run_bench(args: argparse.Namespace) -> int:
         optimizer.zero_grad(set_to_none=True)
 
     impls = {"vlmo_fast": ours, "official_style": baseline}
-    for name in args.impl or list(impls):
-        times = measure(impls[name], args.steps, args.warmup, device)
+    chosen = {name: impls[name] for name in (args.impl or list(impls))}
+    for name, times in measure(chosen, args.steps, args.warmup, device).items():
         med = statistics.median(times)
         rec = {"impl": name, "samples_per_s": args.batch / med, "step_s_median": med, "device": str(device),
                "precision": precision}

@@ -54,8 +54,8 @@ class Attention(nn.Module):
             self.q_bias = self.v_bias = None
         self.proj = nn.Linear(D, D)
 
-    def forward(self, x: Tensor, inp: LayerInput, layer: int) -> Tensor:
-        """x (T, D) packed rows -> (T, D)."""
+    def forward(self, x: Tensor, inp: LayerInput, layer: int, rows: Tensor | None = None) -> Tensor:
+        """x (T, D) packed rows -> (T, D), or only the output rows `rows` (every row is still a key)."""
         T, D = x.shape
         bias = None
         if self.q_bias is not None:
@@ -63,7 +63,8 @@ class Attention(nn.Module):
         qkv = F.linear(x, self.qkv.weight, bias).view(T, 3, self.num_heads, D // self.num_heads)
         out = packed_attention(qkv[:, 0], qkv[:, 1], qkv[:, 2], inp.layout, inp.table, layer * self.num_heads,
                                inp.window, inp.l0, self.scale)  # (T, H, dh)
-        return self.proj(out.reshape(T, D))
+        out = out.reshape(T, D)
+        return self.proj(out if rows is None else out.index_select(0, rows))
 
 
 class Block(nn.Module):
@@ -115,11 +116,20 @@ class Block(nn.Module):
             scales.append(draw[pair[start:end]] / keep)
         return torch.cat(scales)
 
-    def forward(self, x: Tensor, inp: LayerInput) -> Tensor:
-        h = self.attn(F.layer_norm(x, (x.shape[-1],), self.norm1.weight, self.norm1.bias, self.eps), inp, self.layer)
+    def forward(self, x: Tensor, inp: LayerInput, out_rows: Tensor | None = None) -> Tensor:
+        """One block over packed rows x (T, D).  With out_rows (and one row group, as in every last layer) only
+        those rows are computed past the attention (the others are never read: only [CLS] rows feed ITC, ITM, VQA
+        and NLVR2, only the masked tokens feed MLM); the other rows of the result keep their input values."""
+        if out_rows is not None and len(inp.groups) != 1:
+            out_rows = None  # a split layer would need per-group row counts; compute every row
+        rows = slice(None) if out_rows is None else out_rows
+        h = self.attn(F.layer_norm(x, (x.shape[-1],), self.norm1.weight, self.norm1.bias, self.eps), inp,
+                      self.layer, out_rows)
         if self.gamma_1 is not None:
             h = self.gamma_1 * h
-        r = self._row_scale(inp, x, per_group=False)
-        x = x + (h if r is None else h * r[:, None])
-        return expert_ffn(x, inp.groups, self.experts(), self.gamma_2, self._row_scale(inp, x, per_group=True),
-                          self.eps)
+        r1, r2 = self._row_scale(inp, x, per_group=False), self._row_scale(inp, x, per_group=True)
+        xs = x if out_rows is None else x.index_select(0, out_rows)
+        xs = xs + (h if r1 is None else h * r1[rows][:, None])
+        groups = inp.groups if out_rows is None else [(0, xs.shape[0], inp.groups[0][2])]
+        xs = expert_ffn(xs, groups, self.experts(), self.gamma_2, None if r2 is None else r2[rows], self.eps)
+        return xs if out_rows is None else x.index_copy(0, out_rows, xs)

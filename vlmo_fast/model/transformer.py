@@ -28,15 +28,18 @@ class MultiWayTransformer(nn.Module):
         """(B, 3, S, S) -> (B, Ni, D) image tokens before the modality embedding."""
         return image_tokens(self.patch_embed, self.cls_token, self.pos_embed, images)
 
-    def run_blocks(self, x: Tensor, inputs: list[LayerInput], start: int, hidden: list[Tensor] | None) -> Tensor:
-        """Blocks start .. start+len(inputs)-1 over packed rows x (T, D); appends each output to `hidden`."""
+    def run_blocks(self, x: Tensor, inputs: list[LayerInput], start: int, hidden: list[Tensor] | None,
+                   out_rows: Tensor | None = None) -> Tensor:
+        """Blocks start .. start+len(inputs)-1 over packed rows x (T, D); appends each output to `hidden`.
+        out_rows: the rows whose output of the LAST of these blocks is read (None: all)."""
         for i, inp in enumerate(inputs):
             blk = self.blocks[start + i]
+            rows = out_rows if i == len(inputs) - 1 else None
             if self.activation_checkpointing and self.training and torch.is_grad_enabled():
                 # the RNG state is replayed, so drop path draws the same decisions in the recomputation
-                x = checkpoint(blk, x, inp, use_reentrant=False)
+                x = checkpoint(blk, x, inp, rows, use_reentrant=False)
             else:
-                x = blk(x, inp)
+                x = blk(x, inp, rows)
             if hidden is not None:
                 hidden.append(x)
         return x

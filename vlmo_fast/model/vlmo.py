@@ -5,6 +5,7 @@ Parameter names are the official ones, so an official state dict loads key for k
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -34,9 +35,12 @@ class Encoding:
 
     def first_rows(self, x: Tensor) -> Tensor:
         """(P, D): the first row of each pair (the text [CLS] if the pass has text, else the image [CLS])."""
-        L = self.layout
-        start = L.text_start if L.num_text_rows else L.image_start
-        return x.index_select(0, start.long())
+        return x.index_select(0, first_row_index(self.layout))
+
+
+def first_row_index(layout: PackedLayout) -> Tensor:
+    """(P,) the row of each pair's [CLS]: its text [CLS] if the pass has text, else its image [CLS]."""
+    return (layout.text_start if layout.num_text_rows else layout.image_start).long()
 
 
 class VLMo(nn.Module):
@@ -154,14 +158,17 @@ class VLMo(nn.Module):
 
     def encode(self, *, text_ids: Tensor | None = None, text_lens: Tensor | None = None,
                images: Tensor | None = None, image_token_type: int | Tensor = 1, keep_padded_text: bool = False,
-               vl_branch: bool = False, return_layers: bool = False) -> Encoding:
+               vl_branch: bool = False, return_layers: bool = False,
+               output_rows: Callable[[PackedLayout], Tensor] | None = None) -> Encoding:
         """One pass: fused (text and images), text-only or image-only.
 
         text_ids (B, Lt) padded token ids with real lengths text_lens (B,); images (B, 3, S, S) with modality
         index image_token_type (an int, or a (B,) tensor of one index per pair).
         keep_padded_text keeps the padded text positions as query-only rows (the official outputs at every
         position); otherwise padding is dropped.  vl_branch also runs, for a unimodal pass, the VL-FFN branch
-        from layer vl_start (the official infer_text/infer_image).
+        from layer vl_start (the official infer_text/infer_image).  output_rows(layout) names the rows whose final
+        output will be read (e.g. the [CLS] rows); the last layer then computes only those (the other rows of
+        `hidden`/`feats` hold no meaningful values).
         """
         if text_ids is None and images is None:
             raise ValueError("encode needs text_ids, images or both")
@@ -182,12 +189,16 @@ class VLMo(nn.Module):
         run_branch = vl_branch and route != "vl"
         layers: list[Tensor] | None = [] if return_layers else None
         blocks = self.transformer
-        x_low = blocks.run_blocks(x, self._layer_inputs(layout, route, range(0, s)), 0, layers)
-        x_top = blocks.run_blocks(x_low, self._layer_inputs(layout, route, range(s, L)), s, layers)
+        out_rows = None if output_rows is None else output_rows(layout).to(x.device)
+        if s == L:  # no layer from vl_start on: the last layer is a low one
+            x_top = x_low = blocks.run_blocks(x, self._layer_inputs(layout, route, range(0, s)), 0, layers, out_rows)
+        else:
+            x_low = blocks.run_blocks(x, self._layer_inputs(layout, route, range(0, s)), 0, layers)
+            x_top = blocks.run_blocks(x_low, self._layer_inputs(layout, route, range(s, L)), s, layers, out_rows)
         norm = blocks.norm
         enc = Encoding(layout, x_top, norm(x_top), layers=layers)
         if run_branch:
             enc.vl_layers = [] if return_layers else None
-            vl = blocks.run_blocks(x_low, self._layer_inputs(layout, "vl", range(s, L)), s, enc.vl_layers)
+            vl = blocks.run_blocks(x_low, self._layer_inputs(layout, "vl", range(s, L)), s, enc.vl_layers, out_rows)
             enc.vl_hidden, enc.vl_feats = vl, norm(vl)
         return enc

@@ -1,13 +1,17 @@
 """Dispatch of packed attention (kernels/attention.py).
 
 CUDA (or VLMO_FAST_KERNELS=triton): the Triton flash kernel.  CPU: the pairs laid out dense (text padded to
-the longest real caption of the batch, not to 40) and torch's scaled_dot_product_attention with the bias and
-the key mask as one float mask.  On a 2-core CPU at VLMo-base shapes (8 pairs, 12 x 64, text 8..20, image 197,
-fp32, best of 6 on a shared machine, one thread) it takes 58 ms against the reference's 99 forward with bias,
+the longest real caption of the batch, not to 40); without gradients torch's scaled_dot_product_attention with
+the bias and the key mask as one float mask, with gradients the plain reference (measured below).  On a
+2-core CPU at VLMo-base shapes (8 pairs, 12 x 64, text 8..20, image 197, fp32, best of 6 on a shared machine,
+one thread) SDPA takes 58 ms against the reference's 99 forward with bias,
 34 against 64 without, 105 against 148 forward+backward without bias.  With a bias table that needs a
 gradient SDPA falls back to its unfused math kernel and is on par with the reference (172 against 198 ms here;
-90 against 105 in the reference's favour in a quieter two-thread run), so one path serves every case.  It
-equals the reference to fp32 rounding.  VLMO_FAST_KERNELS=ref forces the reference.
+90 against 105 in the reference's favour in a quieter two-thread run).  In a whole training step (vlmo-fast
+bench step, dim 256, depth 6, 128 px, batch 16, fp32, two threads) the reference is clearly ahead: 1.24 s against
+1.49 s per step, as it broadcasts the bias instead of materialising a (P, H, M, M) mask and its gradient.  So
+training uses the reference and inference SDPA.  Both equal the reference to fp32 rounding.
+VLMO_FAST_KERNELS=ref forces the reference.
 """
 from __future__ import annotations
 
@@ -48,6 +52,8 @@ def packed_attention(q: Tensor, k: Tensor, v: Tensor, layout: PackedLayout, tabl
     """
     if use_triton(q):
         return packed_attention_triton(q, k, v, layout, table, col, window, l0, scale)
-    if kernel_choice() == "ref":
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (q, k, v, table))
+    if kernel_choice() == "ref" or needs_grad:
         return packed_attention_ref(q, k, v, layout, table, col, window, l0, scale)
     return packed_attention_sdpa(q, k, v, layout, table, col, window, l0, scale)

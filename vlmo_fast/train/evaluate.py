@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from vlmo_fast.model.vlmo import VLMo
+from vlmo_fast.model.vlmo import VLMo, first_row_index
 from .step import nlvr2_logits, vqa_logits
 
 
@@ -17,7 +17,8 @@ def embed_texts(model: VLMo, ids: Tensor, lens: Tensor, batch_size: int, device)
     """(N, D) l2-normalised ITC text features (text-only pass, no VL branch: the official infer_text_ft)."""
     out = []
     for i in range(0, ids.shape[0], batch_size):
-        enc = model.encode(text_ids=ids[i:i + batch_size].to(device), text_lens=lens[i:i + batch_size].to(device))
+        enc = model.encode(text_ids=ids[i:i + batch_size].to(device), text_lens=lens[i:i + batch_size].to(device),
+                           output_rows=first_row_index)
         out.append(_l2(model.itc_text_proj(enc.first_rows(enc.feats))).float())
     return torch.cat(out)
 
@@ -25,7 +26,7 @@ def embed_texts(model: VLMo, ids: Tensor, lens: Tensor, batch_size: int, device)
 @torch.no_grad()
 def embed_images(model: VLMo, images: Tensor) -> Tensor:
     """(B, D) l2-normalised ITC image features of (B, 3, S, S) images."""
-    enc = model.encode(images=images)
+    enc = model.encode(images=images, output_rows=first_row_index)
     return _l2(model.itc_image_proj(enc.first_rows(enc.feats))).float()
 
 
@@ -64,7 +65,7 @@ def itm_rerank(model: VLMo, scores: Tensor, text_ids: Tensor, text_lens: Tensor,
         chunk = torch.tensor(pairs[s:s + batch_size])
         img_i, txt_i = chunk[:, 0], chunk[:, 1]
         enc = model.encode(text_ids=text_ids[txt_i].to(device), text_lens=text_lens[txt_i].to(device),
-                           images=images[img_i].to(device))
+                           images=images[img_i].to(device), output_rows=first_row_index)
         itm = model.itm_score(model.pooler(enc.first_rows(enc.feats)))[:, 1].float()
         out[img_i, txt_i] = scores[img_i, txt_i] + itm.to(scores.device)
     return out

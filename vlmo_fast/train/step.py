@@ -13,7 +13,8 @@ from torch import Tensor
 
 from vlmo_fast import objectives as O
 from vlmo_fast.distributed import fetch_rows
-from vlmo_fast.model.vlmo import Encoding, VLMo
+from vlmo_fast.model.vlmo import Encoding, VLMo, first_row_index
+from vlmo_fast.ops.layout import PackedLayout
 from vlmo_fast.ops.packing import pack_text
 
 
@@ -27,13 +28,17 @@ def _l2(x: Tensor) -> Tensor:
     return x / x.norm(dim=-1, keepdim=True)
 
 
+def supervised_rows(layout: PackedLayout, labels_padded: Tensor) -> tuple[Tensor, Tensor]:
+    """The packed text rows with an MLM label (label != -100) and those labels."""
+    labels = pack_text(labels_padded, layout)  # (Tt,)
+    rows = (labels != -100).nonzero().squeeze(1)
+    return rows, labels.index_select(0, rows)
+
+
 def _mlm(model: VLMo, enc: Encoding, labels_padded: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """MLM loss over the supervised text rows only; also returns their logits and labels."""
-    Tt = enc.layout.num_text_rows
-    labels = pack_text(labels_padded, enc.layout)  # (Tt,)
-    rows = (labels != -100).nonzero().squeeze(1)
-    logits = model.mlm_score(enc.feats[:Tt].index_select(0, rows))
-    target = labels.index_select(0, rows)
+    rows, target = supervised_rows(enc.layout, labels_padded)
+    logits = model.mlm_score(enc.feats.index_select(0, rows))
     return O.mlm_loss(logits, target), logits, target
 
 
@@ -44,8 +49,8 @@ def _accuracy(logits: Tensor, target: Tensor) -> Tensor:
 def contrastive_features(model: VLMo, batch: dict, vl_branch: bool) -> dict[str, Tensor]:
     """L2-normalised [CLS] projections of the text-only and image-only passes (and of their VL-FFN branch)."""
     ids, lens, img = batch["text_ids"], text_lens(batch), batch["image"][0]
-    text = model.encode(text_ids=ids, text_lens=lens, vl_branch=vl_branch)
-    image = model.encode(images=img, vl_branch=vl_branch)
+    text = model.encode(text_ids=ids, text_lens=lens, vl_branch=vl_branch, output_rows=first_row_index)
+    image = model.encode(images=img, vl_branch=vl_branch, output_rows=first_row_index)
     out = {"text": _l2(model.itc_text_proj(text.first_rows(text.feats))),
            "image": _l2(model.itc_image_proj(image.first_rows(image.feats)))}
     if vl_branch:
@@ -93,15 +98,24 @@ def pretrain_losses(model: VLMo, batch: dict, tasks: set[str], gather_grad: bool
         text_len.append(lens)
         images.append(img)
     if texts:
-        enc = model.encode(text_ids=torch.cat(texts), text_lens=torch.cat(text_len), images=torch.cat(images))
+        n_itm = 3 * B if "itm" in tasks else 0
+        labels_all = torch.cat([torch.full_like(ids, -100)] * (len(texts) - 1) + [batch["text_labels_mlm"]]) \
+            if "mlm" in tasks else None
+
+        def read_rows(layout: PackedLayout) -> Tensor:  # the ITM [CLS] rows and the MLM supervised rows
+            rows = [first_row_index(layout)[:n_itm]]
+            if labels_all is not None:
+                rows.append(supervised_rows(layout, labels_all)[0])
+            return torch.cat(rows)
+
+        enc = model.encode(text_ids=torch.cat(texts), text_lens=torch.cat(text_len), images=torch.cat(images),
+                           output_rows=read_rows)
         if "itm" in tasks:
             logits = model.itm_score(model.pooler(enc.first_rows(enc.feats)[: 3 * B]))
             labels = O.itm_labels(B, logits.device).long()
             losses["itm_loss"] = F.cross_entropy(logits, labels)
             metrics["itm_accuracy"] = _accuracy(logits, labels)
         if "mlm" in tasks:
-            pad = torch.full_like(ids, -100)
-            labels_all = torch.cat([pad] * (len(texts) - 1) + [batch["text_labels_mlm"]])
             loss, logits, target = _mlm(model, enc, labels_all)
             losses["mlm_loss"] = 0.25 * loss
             metrics["mlm_accuracy"] = _accuracy(logits, target)
@@ -110,13 +124,16 @@ def pretrain_losses(model: VLMo, batch: dict, tasks: set[str], gather_grad: bool
 
 def textmlm_losses(model: VLMo, batch: dict) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Stage 2: MLM on the text-only pass (no 0.25 factor)."""
-    enc = model.encode(text_ids=batch["text_ids_mlm"], text_lens=text_lens(batch))
-    loss, logits, target = _mlm(model, enc, batch["text_labels_mlm"])
+    labels = batch["text_labels_mlm"]
+    enc = model.encode(text_ids=batch["text_ids_mlm"], text_lens=text_lens(batch),
+                       output_rows=lambda layout: supervised_rows(layout, labels)[0])
+    loss, logits, target = _mlm(model, enc, labels)
     return {"mlm_loss": loss}, {"mlm_accuracy": _accuracy(logits, target)}
 
 
 def vqa_logits(model: VLMo, batch: dict) -> Tensor:
-    enc = model.encode(text_ids=batch["text_ids"], text_lens=text_lens(batch), images=batch["image"][0])
+    enc = model.encode(text_ids=batch["text_ids"], text_lens=text_lens(batch), images=batch["image"][0],
+                       output_rows=first_row_index)
     return model.vqa_classifier(model.pooler(enc.first_rows(enc.feats)))
 
 
@@ -134,7 +151,8 @@ def nlvr2_logits(model: VLMo, batch: dict) -> Tensor:
     B = ids.shape[0]
     types = torch.cat([torch.ones(B, dtype=torch.long), torch.full((B,), 2, dtype=torch.long)])
     enc = model.encode(text_ids=torch.cat([ids, ids]), text_lens=torch.cat([lens, lens]),
-                       images=torch.cat([batch["image_0"][0], batch["image_1"][0]]), image_token_type=types)
+                       images=torch.cat([batch["image_0"][0], batch["image_1"][0]]), image_token_type=types,
+                       output_rows=first_row_index)
     pooled = model.pooler(enc.first_rows(enc.feats))
     return model.nlvr2_classifier(torch.cat([pooled[:B], pooled[B:]], dim=-1))
 
