@@ -18,6 +18,7 @@ log="$OUT/gpu_check.log"
       --junitxml="$OUT/gpu_tests.xml" || echo "GPU TESTS FAILED"
   VLMO_FAST_KERNELS=triton timeout 60 python3 -m pytest -q tests/compat/test_official_parity.py \
       -k "tiny and not gradients" -p no:cacheprovider || echo "FIXTURE PARITY WITH KERNELS FAILED"
+  # tables afterwards, here: python benchmarks/report.py bench_ops.json --device h100
   timeout 120 python3 -m pytest -q benchmarks/bench_attention.py benchmarks/bench_expert_ffn.py \
       benchmarks/bench_packing.py -p no:cacheprovider --benchmark-columns=median,ops \
       --benchmark-json="$OUT/bench_ops.json" || echo "OP BENCHMARKS FAILED"

@@ -55,6 +55,13 @@ def test_resume_without_checkpoint_names_the_directory(synthetic_root, tmp_path)
     assert [r["step"] for r in run(synthetic_root, tmp_path, "max_train_steps=2", "resume=auto")] == [1, 2]
 
 
+def test_dali_decoder_trains(synthetic_root, tmp_path):
+    """decoder=dali decodes the training batches with DALI (its CPU pipeline here; 'mixed' on CUDA)."""
+    pytest.importorskip("nvidia.dali")
+    log = run(synthetic_root, tmp_path, "max_train_steps=2", "decoder=dali")
+    assert [r["step"] for r in log] == [1, 2] and all(r["loss"] > 0 for r in log)
+
+
 def test_non_finite_losses_are_skipped_then_stop(synthetic_root, tmp_path):
     with pytest.raises(TrainingStopped, match="non-finite"):
         run(synthetic_root, tmp_path, "max_train_steps=20", "learning_rate=1e30", "warmup_steps=0", "nan_limit=2")
@@ -94,3 +101,12 @@ def test_bench_step_prints_one_json_line_per_impl(capsys):
 def test_cli_errors_are_clear(capsys):
     assert main(["train", "task_nope"]) == 2
     assert "unknown task or preset" in capsys.readouterr().err
+
+
+def test_test_only_evaluates_a_checkpoint(synthetic_root, tmp_path):
+    """test_only=True loads load_path as it is (no resizing, official semantics) and only evaluates."""
+    run(synthetic_root, tmp_path / "train", "max_train_steps=1")
+    config = resolve("task_finetune_irtr_tiny", TINY + [f"data_root={synthetic_root}", f"log_dir={tmp_path / 'eval'}",
+                                                        f"load_path={tmp_path / 'train' / 'model'}", "test_only=True"])
+    metrics = Trainer(config).fit()
+    assert "recalls/ir_r1" in metrics and not (tmp_path / "eval" / "log.jsonl").exists()

@@ -26,8 +26,9 @@ def answer_vocabulary(config: dict) -> list[str] | None:
     return None
 
 
-def build_split(config: dict, split: str, train: bool, image_only: bool = False) -> Dataset:
-    """The concatenation of the task's datasets for a split (text-only tasks read only the captions)."""
+def build_split(config: dict, split: str, train: bool, image_only: bool = False, decode: str = "pil") -> Dataset:
+    """The concatenation of the task's datasets for a split (text-only tasks read only the captions).
+    decode="dali" leaves the images encoded for the batch-wise DALI decoder."""
     text_only = config["loss_names"].get("textmlm", 0) > 0
     parts = []
     for name in config["datasets"]:
@@ -35,11 +36,17 @@ def build_split(config: dict, split: str, train: bool, image_only: bool = False)
             continue
         ds = build_dataset(config["data_root"], name, split, image_size=config["image_size"],
                            max_text_len=config["max_text_len"], train=train, image_only=image_only,
-                           seed=config["seed"], decode="pil")
+                           seed=config["seed"], decode=decode)
         parts.append(TextOnlyView(ds) if text_only and get_spec(name).kind != "text" else ds)
     if not parts:
         raise ValueError(f"none of the datasets {config['datasets']} has a {split!r} split")
     return parts[0] if len(parts) == 1 else ConcatDataset(parts)
+
+
+def augments(config: dict) -> bool:
+    """Whether the task's training images get the official crop/flip/RandomAugment (the synthetic data does not:
+    positions and left/right are part of its captions)."""
+    return any(get_spec(n).train_transform != "square_transform" for n in config["datasets"])
 
 
 def epoch_order(n: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[int]:

@@ -22,7 +22,8 @@ from vlmo_fast.checkpoint.native import save_model
 from vlmo_fast.flops import device_peak, step_flops
 from .build import build_model
 from .checkpointing import latest_checkpoint, load_training_state, save_training_state
-from .data import answer_vocabulary, build_split, epoch_order, loader, to_device
+from vlmo_fast.data.dali import DaliDecoder, pick_decoder
+from .data import answer_vocabulary, augments, build_split, epoch_order, loader, to_device
 from .evaluate import evaluate
 from .optim import make_optimizer, make_scheduler, warmup_steps_of
 from .step import task_losses
@@ -167,8 +168,13 @@ class Trainer:
                 self.tb = SummaryWriter(str(self.log_dir / "tensorboard"))
             except ImportError:
                 log.info("tensorboard is not installed: logging to log.jsonl only")
-        dataset = build_split(cfg, "train", train=True)
         B = int(cfg["per_gpu_batchsize"])
+        self.decoder = pick_decoder(self.device, cfg["decoder"])
+        dataset = build_split(cfg, "train", train=True, decode=self.decoder)
+        self.dali = None
+        if self.decoder == "dali":  # decodes (and augments) whole batches, on the GPU where there is one
+            self.dali = DaliDecoder(int(cfg["image_size"]), train=augments(cfg), device=self.device, batch_size=B,
+                                    seed=int(cfg["seed"]) + self.rank)
         accumulate = max(1, int(cfg["batch_size"]) // (B * self.world))
         per_epoch = (len(dataset) // self.world // B) // accumulate
         if per_epoch == 0:
@@ -211,6 +217,8 @@ class Trainer:
             bad = False
             for batch in data:
                 step_work = step_flops(self.model.cfg, self.tasks, batch["text_lens"].tolist())  # host-side lengths
+                if self.dali is not None:
+                    batch = self.dali.apply(batch)
                 batch = to_device(batch, self.device)
                 boundary = (self.micro + 1) % accumulate == 0
                 self.step_module.generator = torch.Generator(self.device).manual_seed(
