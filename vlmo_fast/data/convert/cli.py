@@ -1,4 +1,4 @@
-"""`vlmo-fast convert ...`: the converters behind one subcommand (the lead's cli.py calls these two functions).
+"""`vlmo-fast convert ...`: the converters behind one subcommand (vlmo_fast/cli.py calls these two functions).
 
     vlmo-fast convert coco KARPATHY_JSON IMAGE_ROOT OUT_DIR
     vlmo-fast convert f30k KARPATHY_JSON IMAGE_ROOT OUT_DIR
