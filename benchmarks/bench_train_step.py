@@ -8,7 +8,6 @@ GPU:  the same file runs VLMo-base at 224 px, batch 32, bf16.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 
 import pytest

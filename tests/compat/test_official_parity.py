@@ -2,7 +2,6 @@
 official fixtures (FIXTURES.md), at the tolerances of design.md, through vlmo_fast.compat."""
 from __future__ import annotations
 
-import pytest
 import torch
 
 from tests.fixtures import FixtureSet, assert_close_grad, assert_close_out

@@ -6,17 +6,9 @@ import torch
 from torch import Tensor
 
 from vlmo_fast.model.vlmo import VLMo as CoreVLMo, Encoding
+from vlmo_fast.ops.packing import mask_lengths_ref
+from . import objectives
 from .config import full_config, model_config
-
-
-def text_lengths(text_masks: Tensor) -> Tensor:
-    """Real lengths of (B, Lt) 0/1 masks; each row must be a prefix of ones (as the official tokenizer pads)."""
-    lens = text_masks.sum(1)
-    prefix = torch.arange(text_masks.shape[1], device=text_masks.device)[None, :] < lens[:, None]
-    bad = (prefix != text_masks.bool()).any(1).nonzero().flatten().tolist()
-    if bad:
-        raise ValueError(f"text_masks of samples {bad} are not a prefix of ones (padding must follow the text)")
-    return lens.to(torch.int32)
 
 
 class VLMo(CoreVLMo):
@@ -47,7 +39,7 @@ class VLMo(CoreVLMo):
     def _text(self, batch: dict, mask_text: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         key = "_mlm" if mask_text else ""
         ids, masks = batch[f"text_ids{key}"], batch["text_masks"]
-        return ids, batch.get(f"text_labels{key}"), masks, text_lengths(masks)
+        return ids, batch.get(f"text_labels{key}"), masks, mask_lengths_ref(masks)
 
     @staticmethod
     def _image(batch: dict, image_token_type_idx: int) -> Tensor:
@@ -149,7 +141,6 @@ class VLMo(CoreVLMo):
 
     def forward(self, batch: dict) -> dict:
         """As the official forward: the enabled objectives' outputs, or `infer(batch)` with none."""
-        from . import objectives
         if not self.current_tasks:
             return self.infer(batch)
         return objectives.run_tasks(self, batch, self.current_tasks)

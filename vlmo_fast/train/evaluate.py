@@ -1,11 +1,19 @@
 """Evaluation: image-text retrieval (official ITC ranking, optional ITM re-ranking), VQA score, NLVR2 accuracy."""
 from __future__ import annotations
 
+import collections
+import json
+from pathlib import Path
+
 import torch
 from torch import Tensor
 
+from vlmo_fast.data.arrow import SplitTable
+from vlmo_fast.data.retrieval import retrieval_split
 from vlmo_fast.model.vlmo import VLMo, first_row_index
-from .step import nlvr2_logits, vqa_logits
+from vlmo_fast.objectives import vqa_targets
+from .data import build_split, loader, to_device
+from .step import nlvr2_logits, textmlm_losses, vqa_logits
 
 
 def _l2(x: Tensor) -> Tensor:
@@ -74,7 +82,6 @@ def itm_rerank(model: VLMo, scores: Tensor, text_ids: Tensor, text_lens: Tensor,
 @torch.no_grad()
 def vqa_predictions(model: VLMo, batch: dict) -> tuple[Tensor, Tensor]:
     """(arg-max label, its target score) per question of a batch."""
-    from vlmo_fast.objectives import vqa_targets
     logits = vqa_logits(model, batch).float()
     labels = logits.argmax(1)
     targets = vqa_targets(batch["vqa_labels"], batch["vqa_scores"], logits.shape[1], logits.device)
@@ -96,7 +103,6 @@ def nlvr2_correct(model: VLMo, batch: dict) -> Tensor:
 # ---------------------------------------------------------------------------------------------------------------
 # The evaluation of a run (official metric names, fractions in [0, 1])
 def _eval_loader(config: dict, split: str, device):
-    from .data import build_split, loader
     ds = build_split(config, split, train=False)
     n = min(len(ds), int(config["eval_limit"])) if int(config["eval_limit"]) else len(ds)
     return loader(ds, list(range(n)), config, int(config["eval_batch_size"]), 0, False, device)
@@ -105,9 +111,7 @@ def _eval_loader(config: dict, split: str, device):
 def evaluate_retrieval(model: VLMo, config: dict, device, split: str = "test") -> dict[str, float]:
     """TR/IR@1/5/10 on a caption split by the official ITC ranking (itm_rerank_k > 0: ITM re-ranking of the
     top-k, the paper's use)."""
-    from vlmo_fast.data.retrieval import retrieval_split
-    from .data import to_device
-    name = next(n for n in config["datasets"])
+    name = config["datasets"][0]
     data = retrieval_split(config["data_root"], name, split, image_size=config["image_size"],
                            max_text_len=config["max_text_len"])
     bs = int(config["eval_batch_size"])
@@ -127,9 +131,6 @@ def evaluate_retrieval(model: VLMo, config: dict, device, split: str = "test") -
 def evaluate_vqa(model: VLMo, config: dict, device, answers: list[str] | None, log_dir) -> dict[str, float]:
     """VQA score on the val split, the majority-answer baseline, and the submission JSON (question_id, answer) of
     the test split in log_dir/vqa_submission.json."""
-    import json
-    from pathlib import Path
-    from .data import to_device
     majority = majority_answer(config)
     total, n, base = 0.0, 0, 0.0
     for batch in _eval_loader(config, "val", device):
@@ -151,8 +152,6 @@ def evaluate_vqa(model: VLMo, config: dict, device, answers: list[str] | None, l
 
 def majority_answer(config: dict) -> int:
     """The most frequent answer label of the training questions (each question counted by its top-scoring label)."""
-    import collections
-    from vlmo_fast.data.arrow import SplitTable
     counts = collections.Counter()
     for name in config["datasets"]:
         table = SplitTable(config["data_root"], name, "train").table
@@ -166,7 +165,6 @@ def majority_answer(config: dict) -> int:
 
 def evaluate_nlvr2(model: VLMo, config: dict, device) -> dict[str, float]:
     """Accuracy on the dev and test tables of the val split (split by table_name as officially)."""
-    from .data import to_device
     hits = {"dev": [], "test": []}
     for batch in _eval_loader(config, "val", device):
         batch = to_device(batch, device)
@@ -194,8 +192,6 @@ def evaluate(model: VLMo, config: dict, device, answers: list[str] | None = None
 @torch.no_grad()
 def evaluate_textmlm(model: VLMo, config: dict, device) -> dict[str, float]:
     """Masked-token accuracy of the text-only MLM on the val split."""
-    from .data import to_device
-    from .step import textmlm_losses
     correct = total = 0.0
     for batch in _eval_loader(config, "val", device):
         batch = to_device(batch, device)
