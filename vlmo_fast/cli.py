@@ -18,10 +18,14 @@ import sys
 
 def _train(args: argparse.Namespace) -> int:
     from vlmo_fast.train.tasks import resolve
+    from vlmo_fast.distributed import shutdown
     from vlmo_fast.train.trainer import Trainer
 
     config = resolve(args.task, args.overrides)
-    Trainer(config).fit()
+    trainer = Trainer(config)
+    trainer.fit()
+    del trainer  # drops the DDP reducer before its process group goes
+    shutdown()
     return 0
 
 

@@ -1,6 +1,8 @@
 """The collective helpers the objectives need (a no-op without an initialised process group)."""
 from __future__ import annotations
 
+import gc
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -11,6 +13,24 @@ def world() -> tuple[int, int]:
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+class _AllGather(torch.autograd.Function):
+    """all_gather whose backward sums every rank's gradient of its own slice: each rank computes the same global
+    loss, so the summed gradient (averaged by DDP like any other) is the exact gradient of that loss."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> tuple[Tensor, ...]:
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        return tuple(parts)
+
+    @staticmethod
+    def backward(ctx, *grads: Tensor) -> Tensor:
+        # all_reduce of the stacked gradients rather than reduce_scatter, which gloo lacks; the features are small
+        stacked = torch.stack([g.contiguous() for g in grads])
+        dist.all_reduce(stacked)
+        return stacked[dist.get_rank()]
 
 
 def gather_local_first(x: Tensor, with_grad: bool = True) -> Tensor:
@@ -25,7 +45,7 @@ def gather_local_first(x: Tensor, with_grad: bool = True) -> Tensor:
     if size == 1:
         return x
     if with_grad:
-        parts = list(torch.distributed.nn.functional.all_gather(x))
+        parts = list(_AllGather.apply(x))
     else:
         parts = [torch.empty_like(x) for _ in range(size)]
         dist.all_gather(parts, x.detach().contiguous())
@@ -58,3 +78,12 @@ def fetch_rows(local: Tensor, index: Tensor) -> Tensor:
     out = torch.empty_like(got)
     out[order] = got
     return out
+
+
+def shutdown() -> None:
+    """Leave the process group together: a barrier, then destroy it while the interpreter is fully alive (a gloo
+    group torn down during interpreter exit can abort the process after the work is done)."""
+    if dist.is_available() and dist.is_initialized():
+        gc.collect()  # wrappers in reference cycles (DDP) release the group first
+        dist.barrier()
+        dist.destroy_process_group()

@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 
 from tests.distributed.common import GLOBAL_BATCH, build_model, global_batch, global_negatives, shard, to_local_first
-from vlmo_fast.distributed import fetch_rows
+from vlmo_fast.distributed import fetch_rows, shutdown
 from vlmo_fast.train.trainer import StepModule
 
 
@@ -37,7 +37,8 @@ def main(out: str) -> None:
     if rank == 0:
         torch.save({"losses": {k: v.detach() for k, v in losses.items()}, "rank_losses": gathered,
                     "params": {k: v.detach().clone() for k, v in model.state_dict().items()}}, out)
-    dist.destroy_process_group()
+    del module  # the DDP reducer holds the process group
+    shutdown()
 
 
 if __name__ == "__main__":
