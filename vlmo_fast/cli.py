@@ -19,9 +19,11 @@ import sys
 def _train(args: argparse.Namespace) -> int:
     from vlmo_fast.train.tasks import resolve
     from vlmo_fast.distributed import shutdown
+    from vlmo_fast.launch import launch_if_needed
     from vlmo_fast.train.trainer import Trainer
 
     config = resolve(args.task, args.overrides)
+    launch_if_needed(args.task, args.overrides, config)
     trainer = Trainer(config)
     trainer.fit()
     del trainer  # drops the DDP reducer before its process group goes

@@ -1,5 +1,5 @@
-"""Two-process gloo runs under torchrun: a DDP step equals one process on the concatenated batch; the trainer runs
-under torchrun."""
+"""Two-process gloo runs under torchrun: a DDP step and an FSDP2 step each equal one process on the concatenated
+batch; the trainer runs under torchrun, and an FSDP run checkpoints its shards and resumes exactly."""
 from __future__ import annotations
 
 import json
@@ -13,6 +13,7 @@ import torch
 
 from tests.tiny import TINY
 from tests.distributed.common import build_model, global_batch, global_negatives
+from vlmo_fast.cli import main
 from vlmo_fast.train.step import pretrain_losses
 
 REPO = Path(__file__).resolve().parents[2]
@@ -28,9 +29,10 @@ def torchrun(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
-def test_ddp_step_equals_single_process_on_concatenated_batch(tmp_path):
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_data_parallel_step_equals_single_process_on_concatenated_batch(strategy, tmp_path):
     out = tmp_path / "rank0.pt"
-    torchrun(str(REPO / "tests" / "distributed" / "ddp_worker.py"), str(out))
+    torchrun(str(REPO / "tests" / "distributed" / "ddp_worker.py"), strategy, str(out))
     ddp = torch.load(out, weights_only=True)
 
     model = build_model()
@@ -48,10 +50,23 @@ def test_ddp_step_equals_single_process_on_concatenated_batch(tmp_path):
 
 
 @pytest.mark.slow
-def test_trainer_under_torchrun(synthetic_root, tmp_path):
-    torchrun("-m", "vlmo_fast.cli", "train", "task_mlm_itm_itc_tiny", *TINY, f"data_root={synthetic_root}",
-             f"log_dir={tmp_path}", "max_train_steps=2", "checkpoint_every=1", "eval_limit=8")
+def test_num_gpus_runs_the_trainer_under_torchrun(synthetic_root, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    env.pop("WORLD_SIZE", None)
+    cmd = [sys.executable, "-m", "vlmo_fast.cli", "train", "task_mlm_itm_itc_tiny", *TINY, f"data_root={synthetic_root}",
+           f"log_dir={tmp_path}", "max_train_steps=2", "checkpoint_every=1", "eval_limit=8", "num_gpus=2"]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [1, 2]
-    assert (tmp_path / "checkpoints" / "last" / "model.safetensors").is_file()
+    last = tmp_path / "checkpoints" / "last"
+    assert (last / "model.safetensors").is_file()
+    assert len(torch.load(last / "trainer.pt", weights_only=True)["rng"]) == 2  # one RNG state per process
     assert "recalls/ir_r1" in json.loads((tmp_path / "metrics.json").read_text())
+
+
+def test_several_nodes_need_torchrun_on_each(monkeypatch, capsys):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert main(["train", "task_mlm_itm_itc_tiny", "num_nodes=2", "num_gpus=8"]) == 2
+    err = capsys.readouterr().err
+    assert "--nnodes=2" in err and "--nproc_per_node=8" in err and "num_nodes=2" in err

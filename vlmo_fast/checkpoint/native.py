@@ -21,11 +21,13 @@ def atomic_write(path: Path, write) -> None:
     os.replace(tmp, path)
 
 
-def save_model(model: torch.nn.Module, directory: str | os.PathLike, extra: dict | None = None) -> Path:
-    """Write the model's state dict and config; `extra` (JSON-able) is stored beside the config."""
+def save_model(model: torch.nn.Module, directory: str | os.PathLike, extra: dict | None = None,
+               state_dict: dict | None = None) -> Path:
+    """Write the model's state dict (or `state_dict`, e.g. gathered from shards) and config; `extra` (JSON-able) is
+    stored beside the config."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    sd = {k: v.detach().contiguous().cpu() for k, v in (state_dict or model.state_dict()).items()}
     atomic_write(d / WEIGHTS, lambda p: save_file(sd, str(p)))
     meta = {"model": dataclasses.asdict(model.cfg), **(extra or {})}
     atomic_write(d / CONFIG, lambda p: p.write_text(json.dumps(meta, indent=1)))

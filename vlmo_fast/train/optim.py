@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .sharding import is_sharded
+
 # Substring rules of the official set_schedule: parameters whose name contains any of these get no weight decay.
 NO_DECAY = ("bias", "LayerNorm.bias", "LayerNorm.weight", "norm.bias", "norm.weight", "norm1.bias", "norm1.weight",
             "norm2.bias", "norm2.weight")
@@ -13,16 +15,17 @@ HEADS = ("vqa_classifier", "nlvr2_classifier")  # trained at lr * lr_mult
 def param_groups(model: nn.Module, lr: float, weight_decay: float, lr_mult: float) -> list[dict]:
     """Four groups by name substring, exactly as the official code splits them (so e.g. the expert norms
     norm2_text.weight are decayed and the relative-position table is not)."""
-    groups = {(d, h): [] for d in (True, False) for h in (False, True)}
+    groups = {(d, h, s): [] for d in (True, False) for h in (False, True) for s in (False, True)}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         decay = not any(nd in name for nd in NO_DECAY)
         head = any(hd in name for hd in HEADS)
-        groups[(decay, head)].append(p)
+        # FSDP shards and replicated tensors never share a group: the fused/foreach kernels take one kind per call
+        groups[(decay, head, is_sharded(p))].append(p)
     return [{"params": ps, "weight_decay": weight_decay if decay else 0.0, "lr": lr * (lr_mult if head else 1.0),
              "base_lr": lr * (lr_mult if head else 1.0)}
-            for (decay, head), ps in groups.items() if ps]
+            for (decay, head, _), ps in groups.items() if ps]
 
 
 def make_optimizer(model: nn.Module, lr: float, weight_decay: float, lr_mult: float) -> torch.optim.Optimizer:

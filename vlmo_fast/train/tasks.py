@@ -18,6 +18,7 @@ FAST_DEFAULTS: dict = {
     "itm_rerank_k": 0,             # retrieval: re-rank the top-k of the ITC ranking with ITM (0 = off, official)
     "activation_checkpointing": False,
     "itc_gather_grad": True,       # all-gather contrastive features with gradient (exact); False = official
+    "strategy": "ddp",             # several processes: ddp (replicated) or fsdp (FSDP2, parameters sharded)
     "resume": False,               # True: continue from log_dir/checkpoints; auto: if there is one (torchrun restarts)
     "trust_checkpoint": False,     # allow full unpickling of load_path (only for files from a trusted source)
     "max_train_steps": None,       # stop after this many optimizer steps (overrides the epoch count)

@@ -1,6 +1,6 @@
 """The training loop: a readable top-to-bottom loop around the fused objectives (step.py), with gradient
-accumulation to the task's global batch, the official schedule, mixed precision, DDP through torchrun, atomic
-checkpoints that resume exactly, and the final evaluation."""
+accumulation to the task's global batch, the official schedule, mixed precision, DDP or FSDP2 through torchrun,
+atomic checkpoints that resume exactly, and the final evaluation."""
 from __future__ import annotations
 
 import contextlib
@@ -20,12 +20,15 @@ from tqdm import tqdm
 
 from vlmo_fast.checkpoint.native import save_model
 from vlmo_fast.flops import device_peak, step_flops
+from vlmo_fast.model.vlmo import VLMo
 from .build import build_model
-from .checkpointing import latest_checkpoint, load_training_state, save_training_state
+from .checkpointing import (latest_checkpoint, load_training_state, rng_states, save_sharded_training_state,
+                            save_training_state)
 from vlmo_fast.data.dali import DaliDecoder, pick_decoder
 from .data import answer_vocabulary, augments, build_split, epoch_order, loader, to_device
 from .evaluate import evaluate
 from .optim import make_optimizer, make_scheduler, warmup_steps_of
+from .sharding import STRATEGIES, average_gradients, full_state_dict, shard
 from .step import task_losses
 
 log = logging.getLogger(__name__)
@@ -79,6 +82,8 @@ class Trainer:
 
     def __init__(self, config: dict):
         self.config = config = dict(config)
+        if config["strategy"] not in STRATEGIES:
+            raise ValueError(f"strategy={config['strategy']!r}: expected one of {', '.join(STRATEGIES)}")
         self.device = pick_device(config)
         self.rank, self.world = init_distributed(self.device)
         torch.manual_seed(config["seed"] + self.rank)
@@ -93,15 +98,23 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.log_dir = Path(config["log_dir"])
         self.step_module = StepModule(self.model, self.tasks, config["itc_gather_grad"])
+        compile_on = config["compile"] is True or (config["compile"] == "auto" and self.device.type == "cuda")
+        if compile_on:  # before wrapping, so FSDP gathers around the compiled blocks
+            for blk in self.model.transformer.blocks:
+                blk.compile(dynamic=True)
+        self.fsdp = config["strategy"] == "fsdp" and self.world > 1 and not config["test_only"]  # eval: whole
+        if config["strategy"] == "fsdp" and self.world == 1:
+            log.warning("strategy=fsdp with a single process: nothing to shard, training unsharded")
+        self.replicated: list[nn.Parameter] = []  # parameters FSDP leaves whole (gradients averaged by hand)
         self.ddp = self.step_module
-        if self.world > 1:
+        if self.fsdp:
+            self.replicated = shard(self.step_module, self.model)
+        elif self.world > 1:
             self.ddp = nn.parallel.DistributedDataParallel(
                 self.step_module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=True)
-        compile_on = config["compile"] is True or (config["compile"] == "auto" and self.device.type == "cuda")
-        if compile_on:
-            for blk in self.model.transformer.blocks:
-                blk.compile(dynamic=True)
+        if self.world > 1:
+            log.info("rank %d of %d, %s", self.rank, self.world, "FSDP2" if self.fsdp else "DDP")
         self.step = self.epoch = self.micro = self.skipped = 0
         self._stop_signal = None
 
@@ -139,6 +152,21 @@ class Trainer:
                     if k != "step" and isinstance(v, (int, float)):
                         self.tb.add_scalar(k, v, record["step"])
 
+    @contextlib.contextmanager
+    def _gradient_sync(self, on: bool):
+        """Accumulation micro-steps keep their gradients local (no all-reduce / reduce-scatter until the last)."""
+        if on or self.world == 1:
+            yield
+        elif self.fsdp:
+            self.step_module.set_requires_gradient_sync(False)
+            try:
+                yield
+            finally:
+                self.step_module.set_requires_gradient_sync(True)
+        else:
+            with self.ddp.no_sync():
+                yield
+
     def _all_finite(self, loss: torch.Tensor) -> bool:
         """Whether the loss is finite on every rank (all ranks skip a step together, or DDP would hang)."""
         ok = torch.isfinite(loss.detach()).float()
@@ -147,11 +175,16 @@ class Trainer:
         return bool(ok.item())
 
     def _save(self, tag: str | None = None) -> None:
-        """Atomic checkpoint of everything needed to resume exactly (rank 0 writes)."""
+        """Atomic checkpoint of everything needed to resume exactly (rank 0 writes; with FSDP every rank its shards)."""
+        position = dict(step=self.step, epoch=self.epoch, micro=self.micro, skipped=self.skipped)
+        rng = rng_states()
+        if self.fsdp:
+            save_sharded_training_state(self.log_dir / "checkpoints", self.model, self.optimizer, self.scheduler,
+                                        self.scaler, position, tag, rng)
+            return
         if self._is_main():
             save_training_state(self.log_dir / "checkpoints", self.model, self.optimizer, self.scheduler,
-                                self.scaler, dict(step=self.step, epoch=self.epoch, micro=self.micro,
-                                                  skipped=self.skipped), self.config, tag)
+                                self.scaler, position, self.config, tag, rng)
         if self.world > 1:
             dist.barrier()
 
@@ -198,10 +231,21 @@ class Trainer:
             log.warning("stopped by signal %d at step %d; resume with resume=True", self._stop_signal, self.step)
             print(f"stopped at step {self.step}; resume with resume=True", flush=True)
             return {}
+        if self.fsdp:
+            self._unshard()
         if self._is_main():
             save_model(self.model, self.log_dir / "model", {"vqa_answers": self.answers, "official_config": {
                 k: v for k, v in cfg.items() if isinstance(v, (int, float, str, bool, list, dict, type(None)))}})
         return self.final_evaluation()
+
+    def _unshard(self) -> None:
+        """After FSDP training: every rank swaps its shards for a whole, plain copy of the model (evaluation and the
+        exported model run unsharded, exactly as after a single-process run)."""
+        state = full_state_dict(self.model)
+        cfg = self.model.cfg
+        self.ddp = self.step_module = self.optimizer = None  # frees the shards and the optimizer state
+        self.model = VLMo(cfg).to(self.device)
+        self.model.load_state_dict(state, strict=True)
 
     def _train(self, dataset, B: int, accumulate: int, stop: int) -> None:
         """The loop over optimizer steps until `stop` (or a stop signal); ends with the "last" checkpoint."""
@@ -224,8 +268,7 @@ class Trainer:
                 self.step_module.generator = torch.Generator(self.device).manual_seed(
                     int(cfg["seed"]) * 1_000_003 + self.step * accumulate * self.world + self.micro * self.world
                     + self.rank)
-                sync = contextlib.nullcontext() if boundary or self.world == 1 else self.ddp.no_sync()
-                with sync:
+                with self._gradient_sync(boundary):
                     with self._autocast():
                         losses, metrics = self.ddp(batch)
                     loss = sum(losses.values())
@@ -249,6 +292,7 @@ class Trainer:
                                               f"{cfg['nan_limit']}); last losses: "
                                               f"{ {k: float(v) for k, v in losses.items()} }")
                 else:
+                    average_gradients(self.replicated)
                     self.scaler.step(self.optimizer)
                     self.scaler.update()
                     self.optimizer.zero_grad(set_to_none=True)
