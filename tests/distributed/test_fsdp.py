@@ -1,5 +1,6 @@
 """The trainer under torchrun with strategy=fsdp (2 processes, gloo): the loss curve of DDP within fp32 tolerance,
-sharded checkpoints through torch.distributed.checkpoint, and a resume that continues the curve bit for bit."""
+sharded checkpoints through torch.distributed.checkpoint, a resume that continues the curve bit for bit, and a
+resume of those shards under DDP."""
 from __future__ import annotations
 
 import json
@@ -32,3 +33,6 @@ def test_fsdp_matches_ddp_and_resumes_exactly(synthetic_root, tmp_path):
     cut = tmp_path / "cut"
     assert len(train(synthetic_root, cut, "strategy=fsdp", "max_train_steps=2")) == 2
     assert train(synthetic_root, cut, "strategy=fsdp", "max_train_steps=4", "resume=True") == fsdp
+    # the sharded checkpoint also resumes under DDP (the shards are gathered on load)
+    resumed = train(synthetic_root, cut, "max_train_steps=5", "resume=True")
+    assert resumed[:4] == fsdp and len(resumed) == 5

@@ -4,8 +4,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .sharding import is_sharded
-
 # Substring rules of the official set_schedule: parameters whose name contains any of these get no weight decay.
 NO_DECAY = ("bias", "LayerNorm.bias", "LayerNorm.weight", "norm.bias", "norm.weight", "norm1.bias", "norm1.weight",
             "norm2.bias", "norm2.weight")
@@ -21,8 +19,10 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, lr_mult: floa
             continue
         decay = not any(nd in name for nd in NO_DECAY)
         head = any(hd in name for hd in HEADS)
-        # FSDP shards and replicated tensors never share a group: the fused/foreach kernels take one kind per call
-        groups[(decay, head, is_sharded(p))].append(p)
+        # 0-dim parameters get groups of their own under every strategy: FSDP leaves exactly these replicated (plain
+        # tensors, which the fused/foreach kernels cannot mix with its shards in one call), and equal groups
+        # everywhere let a checkpoint of one strategy resume under another
+        groups[(decay, head, p.dim() == 0)].append(p)
     return [{"params": ps, "weight_decay": weight_decay if decay else 0.0, "lr": lr * (lr_mult if head else 1.0),
              "base_lr": lr * (lr_mult if head else 1.0)}
             for (decay, head, _), ps in groups.items() if ps]
