@@ -1,7 +1,7 @@
 """The whole stage-3 training step (ITC + ITM with hard negatives + MLM; forward, backward, AdamW; train mode):
 vlmo-fast's default path against the in-project official-style baseline (vlmo_fast/bench.py: text padded to 40,
-fp32 logits with a materialised bias, separate passes, per-sample negative sampling), same weights and batch,
-side by side in one run.  Reports samples/s (and MFU on a GPU via `vlmo-fast bench step`).
+fp32 logits with a materialised bias, separate passes, per-sample negative sampling, per-tensor AdamW), same
+weights and batch, side by side in one run.  Reports samples/s (and MFU on a GPU via `vlmo-fast bench step`).
 
 CPU:  pytest benchmarks/bench_train_step.py      (dim 256, depth 6, 4 heads, 128 px, text 40, batch 16; fp32)
 GPU:  the same file runs VLMo-base at 224 px, batch 32, bf16.
@@ -13,7 +13,7 @@ import contextlib
 import pytest
 import torch
 
-from vlmo_fast.bench import TASKS, kernels, official_style_losses, synthetic_batch
+from vlmo_fast.bench import TASKS, kernels, official_style_losses, step_optimizers, synthetic_batch
 from vlmo_fast.compat import VLMo
 from vlmo_fast.flops import device_peak, pretrain_step_flops
 from vlmo_fast.train.step import pretrain_losses
@@ -33,8 +33,7 @@ def setup():
     arch.update(mlp_ratio=4, use_abs_pos_emb=False, need_relative_position_embed=True, layer_scale_init_values=0.1)
     model = VLMo({"max_text_len": 40, "image_size": image, "drop_path_rate": 0.1}, arch=arch).to(DEVICE).train()
     data = synthetic_batch(model.cfg, batch, 40, 0, DEVICE)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.98), **({"fused": True} if CUDA else {}))
-    return model, data, opt
+    return model, data, step_optimizers(model)
 
 
 def autocast():
@@ -43,7 +42,8 @@ def autocast():
 
 @pytest.mark.parametrize("impl", ["vlmo_fast", "official_style"])
 def test_train_step(benchmark, timed, setup, impl):
-    model, batch, opt = setup
+    model, batch, optimizers = setup
+    opt = optimizers[impl]
     gen = torch.Generator(DEVICE).manual_seed(0)
 
     def step():

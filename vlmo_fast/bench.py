@@ -1,7 +1,8 @@
 """`vlmo-fast bench step`: throughput of a full stage-3 training step (ITC + ITM with hard negatives + MLM,
 forward, backward, optimizer, train mode) of vlmo-fast's default path against an in-project baseline that computes
 the way the official code does: text padded to --text-len, fp32 attention logits with a materialised bias (the
-reference kernels), separate passes through the official objectives, per-sample negative sampling.  Same weights,
+reference kernels), separate passes through the official objectives, per-sample negative sampling, an AdamW that
+updates one tensor at a time (each implementation keeps its own optimizer state over the shared weights).  Same weights,
 dims, batch and data (real caption lengths uniform in 8..20 tokens with [CLS] and [SEP], fixed seed).
 
 Prints one JSON line per implementation on stdout: {"impl", "samples_per_s", "step_s_median"[, "mfu"]}.
@@ -21,6 +22,7 @@ from vlmo_fast.compat import VLMo as CompatVLMo
 from vlmo_fast.compat import objectives as official
 from vlmo_fast.config import ModelConfig, preset
 from vlmo_fast.flops import device_peak, pretrain_step_flops
+from vlmo_fast.train.optim import make_optimizer
 from vlmo_fast.train.step import pretrain_losses
 
 TASKS = {"itc", "itm", "mlm"}
@@ -71,6 +73,14 @@ def official_style_losses(model, batch: dict) -> torch.Tensor:
     return itc["itc_loss"] + itm["itm_loss"] + mlm["mlm_loss"]
 
 
+def step_optimizers(model) -> dict[str, torch.optim.Optimizer]:
+    """Each implementation's AdamW over the same parameters: vlmo-fast's trainer optimizer (fused), and a
+    per-tensor loop for the official code (its transformers AdamW updates one parameter at a time)."""
+    return {"vlmo_fast": make_optimizer(model, 1e-5, 0.01, 1.0),
+            "official_style": torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.98), eps=1e-8,
+                                                weight_decay=0.01, foreach=False)}
+
+
 def measure(impls: dict, steps: int, warmup: int, device) -> dict[str, list[float]]:
     """Step times of every implementation, interleaved (one step of each in turn) so that both see the same
     machine conditions; warm-up steps (and compilation) are not timed."""
@@ -107,8 +117,7 @@ def run_bench(args: argparse.Namespace) -> int:
                              "use_abs_pos_emb": cfg.abs_pos_emb, "need_relative_position_embed": cfg.rel_pos_bias,
                              "layer_scale_init_values": cfg.layer_scale}).to(device).train()
     batch = synthetic_batch(cfg, args.batch, args.text_len, args.seed, device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.98),
-                                  **({"fused": True} if device.type == "cuda" else {}))
+    optimizer = step_optimizers(model)
     gen = torch.Generator(device).manual_seed(args.seed)
     flops = pretrain_step_flops(model.cfg, batch["text_lens"].tolist())
     peak = device_peak(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
@@ -120,15 +129,15 @@ def run_bench(args: argparse.Namespace) -> int:
         with autocast():
             losses, _ = pretrain_losses(model, batch, TASKS, generator=gen)
         sum(losses.values()).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer["vlmo_fast"].step()
+        optimizer["vlmo_fast"].zero_grad(set_to_none=True)
 
     def baseline():
         with kernels("ref"), autocast():
             loss = official_style_losses(model, batch)
         loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer["official_style"].step()
+        optimizer["official_style"].zero_grad(set_to_none=True)
 
     impls = {"vlmo_fast": ours, "official_style": baseline}
     chosen = {name: impls[name] for name in (args.impl or list(impls))}
