@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vlmo_fast.config import ModelConfig
-from vlmo_fast.ops.attention import packed_attention
 from vlmo_fast.ops.expert_ffn import expert_ffn
 from vlmo_fast.ops.layout import PackedLayout
+from vlmo_fast.ops.self_attention import self_attention
 
 # Expert indices; the order is that of Block.experts().
 TEXT_EXPERT, IMAGE_EXPERT, VL_EXPERT = 0, 1, 2
@@ -56,15 +56,12 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, inp: LayerInput, layer: int, rows: Tensor | None = None) -> Tensor:
         """x (T, D) packed rows -> (T, D), or only the output rows `rows` (every row is still a key)."""
-        T, D = x.shape
         bias = None
         if self.q_bias is not None:
             bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias])
-        qkv = F.linear(x, self.qkv.weight, bias).view(T, 3, self.num_heads, D // self.num_heads)
-        out = packed_attention(qkv[:, 0], qkv[:, 1], qkv[:, 2], inp.layout, inp.table, layer * self.num_heads,
-                               inp.window, inp.l0, self.scale)  # (T, H, dh)
-        out = out.reshape(T, D)
-        return self.proj(out if rows is None else out.index_select(0, rows))
+        out = self_attention(x, self.qkv.weight, bias, self.num_heads, inp.layout, inp.table, layer * self.num_heads,
+                             inp.window, inp.l0, self.scale, rows)
+        return self.proj(out)
 
 
 class Block(nn.Module):

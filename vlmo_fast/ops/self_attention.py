@@ -1,0 +1,62 @@
+"""A block's whole self-attention before the output projection: qkv projection, packed attention, and the rows read.
+
+On CUDA (or with VLMO_FAST_KERNELS set) it is the qkv GEMM on the packed rows, then packed_attention.  Training on
+the CPU takes a shorter road: the block input x (D wide) is gathered once into the dense per-pair form, the qkv
+GEMM runs there, and only the output rows that are read are gathered back.  The per-pair form then costs one
+D-wide gather and its index_add in the backward, where packed q, k, v would be scattered 3D wide into zero-filled
+buffers and gathered back (with zero-filled gradients).  Padded slots take row 0's values: their keys are masked
+and their queries never read, so they receive exactly zero gradient.  The qkv GEMM spends the padded slots' rows
+(a few percent: text is padded to the longest caption of the batch only).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from vlmo_fast.kernels.attention import dense_bias_and_mask, dense_slots
+from .attention import packed_attention
+from .backend import kernel_choice
+from .layout import PackedLayout
+
+
+def self_attention(x: Tensor, weight: Tensor, bias: Tensor | None, num_heads: int, layout: PackedLayout,
+                   table: Tensor | None, col: int, window: int, l0: int, scale: float,
+                   rows: Tensor | None = None) -> Tensor:
+    """x (T, D) -> attention output (T, D), or its rows `rows` only; weight (3D, D) and bias (3D,) of the qkv
+    projection; the bias table as in packed_attention."""
+    if _dense_path(x, weight, table):
+        return dense_self_attention(x, weight, bias, num_heads, layout, table, col, window, l0, scale, rows)
+    T, D = x.shape
+    qkv = F.linear(x, weight, bias).view(T, 3, num_heads, D // num_heads)
+    out = packed_attention(qkv[:, 0], qkv[:, 1], qkv[:, 2], layout, table, col, window, l0, scale).reshape(T, D)
+    return out if rows is None else out.index_select(0, rows)
+
+
+def _dense_path(x: Tensor, weight: Tensor, table: Tensor | None) -> bool:
+    """CPU training on the default kernels (inference keeps SDPA; ref and triton are forced choices)."""
+    if x.is_cuda or kernel_choice() != "auto" or not torch.is_grad_enabled():
+        return False
+    return any(t is not None and t.requires_grad for t in (x, weight, table))
+
+
+def dense_self_attention(x: Tensor, weight: Tensor, bias: Tensor | None, num_heads: int, layout: PackedLayout,
+                         table: Tensor | None, col: int, window: int, l0: int, scale: float,
+                         rows: Tensor | None = None) -> Tensor:
+    """The dense per-pair road (see the module docstring); logits and softmax in fp32 as the reference."""
+    T, D = x.shape
+    H, P = num_heads, layout.num_pairs
+    pair, slot, M = dense_slots(layout)
+    to_dense = pair * M + slot  # (T,) the dense slot of every packed row
+    from_dense = torch.zeros(P * M, dtype=torch.long, device=x.device).index_copy_(
+        0, to_dense, torch.arange(T, device=x.device))
+    qkv = F.linear(x.index_select(0, from_dense), weight, bias).view(P, M, 3, H, D // H)
+    cdt = torch.float32 if qkv.dtype in (torch.float16, torch.bfloat16) else qkv.dtype
+    q, k, v = qkv.to(cdt).permute(2, 0, 3, 1, 4).unbind(0)  # (P, H, M, dh) each
+    table_bias, valid = dense_bias_and_mask(layout, table, col, H, window, l0)
+    logits = (q * scale) @ k.transpose(-1, -2)  # (P, H, M, M), updated in place below (no extra copies)
+    if table_bias is not None:
+        logits.add_(table_bias.to(cdt))
+    logits.masked_fill_(~valid, torch.finfo(cdt).min)
+    out = (logits.softmax(-1) @ v).transpose(1, 2).reshape(P * M, D).to(x.dtype)
+    return out.index_select(0, to_dense if rows is None else to_dense.index_select(0, rows))
