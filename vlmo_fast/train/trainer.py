@@ -67,9 +67,15 @@ def autocast_dtype(config: dict, device: torch.device) -> torch.dtype | None:
 
 
 def init_distributed(device: torch.device) -> tuple[int, int]:
-    """torchrun sets WORLD_SIZE/RANK; NCCL on GPUs, gloo on the CPU."""
+    """torchrun sets WORLD_SIZE/RANK; NCCL on GPUs, gloo on the CPU.
+
+    The group's keys live under the torchrun attempt: after an elastic restart the store can still hold the
+    previous attempt's keys, and a new gloo group would read the dead workers' addresses from them."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        store, rank, world = next(dist.rendezvous("env://"))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world,
+                                store=dist.PrefixStore(f"vlmo_fast/attempt_{attempt}", store))
         if device.type == "cuda":
             torch.cuda.set_device(device)
     if dist.is_initialized():
