@@ -15,6 +15,8 @@ import argparse
 import logging
 import sys
 
+from vlmo_fast.errors import UnknownNameError
+
 
 def _train(args: argparse.Namespace) -> int:
     from vlmo_fast.train.tasks import resolve
@@ -83,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         return args.run(args)
-    except (KeyError, ValueError, FileNotFoundError) as err:
+    except (UnknownNameError, ValueError, FileNotFoundError) as err:
         print(f"vlmo-fast: error: {err}", file=sys.stderr)
         return 2
 

@@ -51,3 +51,16 @@ def test_presets_and_overrides():
         resolve("task_finetune_vqa_base_image480", ["batchsize=3"])
     with pytest.raises(KeyError, match="unknown task or preset 'task_nope'"):
         resolve("task_nope")
+
+
+def test_cli_prints_bad_names_and_keeps_tracebacks_of_bugs(monkeypatch, capsys):
+    from vlmo_fast import cli
+
+    assert cli.main(["train", "task_mlm_itm_itc_tiny", "batchsize=3"]) == 2
+    assert capsys.readouterr().err.strip() == "vlmo-fast: error: unknown config key 'batchsize' in 'batchsize=3'"
+
+    def broken(config):
+        raise KeyError("betas")  # an internal lookup failing is a bug: its traceback must reach the user
+    monkeypatch.setattr("vlmo_fast.train.trainer.Trainer", broken)
+    with pytest.raises(KeyError, match="betas"):
+        cli.main(["train", "task_mlm_itm_itc_tiny"])

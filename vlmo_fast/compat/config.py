@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from vlmo_fast.config import ARCHS, TASKS, ModelConfig
+from vlmo_fast.errors import UnknownNameError
 
 # Defaults of the official config.py (spec section 5); missing keys of a user's dict take these values.
 OFFICIAL_DEFAULTS: dict = {
@@ -34,12 +35,12 @@ def full_config(config: dict) -> dict:
     """The official defaults updated with `config`; unknown keys are an error."""
     unknown = sorted(set(config) - set(OFFICIAL_DEFAULTS))
     if unknown:
-        raise KeyError(f"unknown config keys {unknown}; the official keys are {sorted(OFFICIAL_DEFAULTS)}")
+        raise UnknownNameError(f"unknown config keys {unknown}; the official keys are {sorted(OFFICIAL_DEFAULTS)}")
     out = {**OFFICIAL_DEFAULTS, **config}
     out["loss_names"] = {**OFFICIAL_DEFAULTS["loss_names"], **config.get("loss_names", {})}
     bad = sorted(set(out["loss_names"]) - set(TASKS))
     if bad:
-        raise KeyError(f"unknown loss_names {bad}; known: {list(TASKS)}")
+        raise UnknownNameError(f"unknown loss_names {bad}; known: {list(TASKS)}")
     return out
 
 
@@ -51,10 +52,10 @@ def model_config(config: dict, arch: dict | None = None) -> ModelConfig:
     if arch is not None:
         unknown = sorted(set(arch) - set(ARCH_KEYS))
         if unknown:
-            raise KeyError(f"unknown arch keys {unknown}; known: {sorted(ARCH_KEYS)}")
+            raise UnknownNameError(f"unknown arch keys {unknown}; known: {sorted(ARCH_KEYS)}")
         missing = [k for k in _REQUIRED_ARCH_KEYS if k not in arch]
         if missing:
-            raise KeyError(f"arch lacks {missing}")
+            raise UnknownNameError(f"arch lacks {missing}")
         fields = {ARCH_KEYS[k]: v for k, v in arch.items() if k != "img_size"}
     elif name in ARCHS:
         fields = dict(ARCHS[name])

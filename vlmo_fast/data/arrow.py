@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from vlmo_fast.data.registry import DatasetSpec, get_spec, resolve_files
+from vlmo_fast.errors import UnknownNameError
 
 
 def read_arrow(path: str | Path) -> pa.Table:
@@ -38,7 +39,7 @@ class SplitTable:
         if self.spec.text_column:
             for f, t in zip(self.files, tables):
                 if self.spec.text_column not in t.column_names:
-                    raise KeyError(f"arrow file {f}: column {self.spec.text_column!r} missing "
+                    raise UnknownNameError(f"arrow file {f}: column {self.spec.text_column!r} missing "
                                    f"(columns: {', '.join(t.column_names)})")
         self.table = pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
         self.table_names = np.concatenate([np.full(t.num_rows, f.stem, dtype=object) for f, t in
@@ -71,7 +72,7 @@ class SplitTable:
         """Python value of `column` at `row` (of the concatenated split)."""
         if column not in self._columns:
             if column not in self.table.column_names:
-                raise KeyError(f"{self.name}/{self.split} ({', '.join(str(f) for f in self.files)}): "
+                raise UnknownNameError(f"{self.name}/{self.split} ({', '.join(str(f) for f in self.files)}): "
                                f"column {column!r} missing")
             # Chunks are kept (combining them would copy every image into memory); a row is found by bisection.
             chunks = self.table.column(column).chunks

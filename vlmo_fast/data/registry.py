@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vlmo_fast.errors import UnknownNameError
+
 
 @dataclass(frozen=True, kw_only=True)
 class DatasetSpec:
@@ -64,7 +66,7 @@ PRETRAIN_DATASETS = ("coco", "vg", "sbu", "gcc")
 
 def get_spec(name: str) -> DatasetSpec:
     if name not in DATASETS:
-        raise KeyError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
+        raise UnknownNameError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
     return DATASETS[name]
 
 
@@ -72,7 +74,7 @@ def resolve_files(data_root: str | Path, name: str, split: str) -> list[Path]:
     """The arrow files of `split` of dataset `name` under `data_root`; raises FileNotFoundError naming a missing one."""
     spec = get_spec(name)
     if split not in spec.splits:
-        raise KeyError(f"dataset {name!r} has no split {split!r}; splits: {', '.join(spec.splits)}")
+        raise UnknownNameError(f"dataset {name!r} has no split {split!r}; splits: {', '.join(spec.splits)}")
     root = Path(data_root)
     files: list[Path] = []
     for stem in spec.splits[split]:

@@ -6,6 +6,7 @@ import ast
 import copy
 
 from vlmo_fast.compat.config import OFFICIAL_DEFAULTS
+from vlmo_fast.errors import UnknownNameError
 
 # Keys vlmo-fast adds to the official config (the official keys keep their meaning).
 FAST_DEFAULTS: dict = {
@@ -138,16 +139,16 @@ def resolve(task: str | None, args: list[str] = ()) -> dict:
             elif item in STEP_PRESETS:
                 config.update(STEP_PRESETS[item])
             else:
-                raise KeyError(f"unknown task or preset {item!r}; tasks: {', '.join(TASKS)}; "
+                raise UnknownNameError(f"unknown task or preset {item!r}; tasks: {', '.join(TASKS)}; "
                                f"presets: {', '.join(STEP_PRESETS)}")
             continue
         key, _, text = item.partition("=")
         head, _, sub = key.partition(".")
         if head not in config:
-            raise KeyError(f"unknown config key {head!r} in {item!r}")
+            raise UnknownNameError(f"unknown config key {head!r} in {item!r}")
         if sub:
             if not isinstance(config[head], dict):
-                raise KeyError(f"{head!r} is not a dict key ({item!r})")
+                raise UnknownNameError(f"{head!r} is not a dict key ({item!r})")
             config[head] = {**config[head], sub: _parse_value(text, None)}
         else:
             config[head] = _parse_value(text, config[head])

@@ -11,6 +11,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from vlmo_fast.data.images import SkipLog
+from vlmo_fast.errors import UnknownNameError
 
 
 class ArrowWriter:
@@ -60,7 +61,7 @@ class ArrowWriter:
     def write(self, row: dict) -> None:
         missing = [f.name for f in self.schema if f.name not in row]
         if missing:
-            raise KeyError(f"{self.name}: row lacks column(s) {', '.join(missing)}")
+            raise UnknownNameError(f"{self.name}: row lacks column(s) {', '.join(missing)}")
         self._buffer.append(row)
         self.rows += 1
         limit = self.batch_rows
