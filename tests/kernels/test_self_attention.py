@@ -44,8 +44,9 @@ def dense(x, weight, bias, layout, table, rows):
     ([2, 6, 3], 5, 6, None),          # fused pass, text padded to 6 query rows
     ([5, 2, 9], 5, None, [0, 7, 20]),  # real lengths only; only three output rows read
     ([3, 8, 2, 5], 0, 8, None),       # text-only pass
-    ([0, 0], 10, None, None),         # image-only pass
-], ids=["fused-padded", "rows", "text-only", "image-only"])
+    ([0, 0], 10, None, None),         # image-only pass (the dense form is the packed form)
+    ([3, 5], 0, 5, None),             # text-only, every pair 5 query rows: packed = dense, keys still masked
+], ids=["fused-padded", "rows", "text-only", "image-only", "text-only-packed-is-dense"])
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_dense_road_equals_packed_reference(text_lens, image_len, text_q_len, rows, with_bias):
     layout = make_layout_ref(torch.tensor(text_lens, dtype=torch.int32), image_len, text_q_len)

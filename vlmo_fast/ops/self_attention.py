@@ -47,16 +47,25 @@ def dense_self_attention(x: Tensor, weight: Tensor, bias: Tensor | None, num_hea
     T, D = x.shape
     H, P = num_heads, layout.num_pairs
     pair, slot, M = dense_slots(layout)
+    # One modality and no padded slot (an image-only pass, uniform captions): the dense form is the packed form
+    same = T == P * M and layout.num_text_rows in (0, T)
     to_dense = pair * M + slot  # (T,) the dense slot of every packed row
-    from_dense = torch.zeros(P * M, dtype=torch.long, device=x.device).index_copy_(
-        0, to_dense, torch.arange(T, device=x.device))
-    qkv = F.linear(x.index_select(0, from_dense), weight, bias).view(P, M, 3, H, D // H)
+    if not same:
+        from_dense = torch.zeros(P * M, dtype=torch.long, device=x.device).index_copy_(
+            0, to_dense, torch.arange(T, device=x.device))
+        x = x.index_select(0, from_dense)
+    # the softmax scale folded into the q rows of the projection: a (D, D) multiply instead of one per logit row
+    fold = torch.ones(3 * D, dtype=weight.dtype, device=weight.device)
+    fold[:D] = scale
+    qkv = F.linear(x, weight * fold[:, None], None if bias is None else bias * fold).view(P, M, 3, H, D // H)
     cdt = torch.float32 if qkv.dtype in (torch.float16, torch.bfloat16) else qkv.dtype
     q, k, v = qkv.to(cdt).permute(2, 0, 3, 1, 4).unbind(0)  # (P, H, M, dh) each
     table_bias, valid = dense_bias_and_mask(layout, table, col, H, window, l0)
-    logits = (q * scale) @ k.transpose(-1, -2)  # (P, H, M, M), updated in place below (no extra copies)
+    logits = q @ k.transpose(-1, -2)  # (P, H, M, M), updated in place below (no extra copies)
     if table_bias is not None:
         logits.add_(table_bias.to(cdt))
     logits.masked_fill_(~valid, torch.finfo(cdt).min)
     out = (logits.softmax(-1) @ v).transpose(1, 2).reshape(P * M, D).to(x.dtype)
+    if same and rows is None:
+        return out
     return out.index_select(0, to_dense if rows is None else to_dense.index_select(0, rows))
