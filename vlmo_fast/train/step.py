@@ -13,7 +13,7 @@ from torch import Tensor
 
 from vlmo_fast import objectives as O
 from vlmo_fast.distributed import fetch_rows
-from vlmo_fast.model.vlmo import Encoding, VLMo, first_row_index
+from vlmo_fast.model.vlmo import VLMo, first_row_index
 from vlmo_fast.ops.layout import PackedLayout
 from vlmo_fast.ops.packing import pack_text
 
@@ -35,10 +35,9 @@ def supervised_rows(layout: PackedLayout, labels_padded: Tensor) -> tuple[Tensor
     return rows, labels.index_select(0, rows)
 
 
-def _mlm(model: VLMo, enc: Encoding, labels_padded: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """MLM loss over the supervised text rows only; also returns their logits and labels."""
-    rows, target = supervised_rows(enc.layout, labels_padded)
-    logits = model.mlm_score(enc.feats.index_select(0, rows))
+def _mlm(model: VLMo, feats: Tensor, rows: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """MLM loss over the supervised text rows only (supervised_rows); also returns their logits and labels."""
+    logits = model.mlm_score(feats.index_select(0, rows))
     return O.mlm_loss(logits, target), logits, target
 
 
@@ -102,10 +101,13 @@ def pretrain_losses(model: VLMo, batch: dict, tasks: set[str], gather_grad: bool
         labels_all = torch.cat([torch.full_like(ids, -100)] * (len(texts) - 1) + [batch["text_labels_mlm"]]) \
             if "mlm" in tasks else None
 
+        supervised: list[tuple[Tensor, Tensor]] = []  # found once, on the pass's layout, for the MLM loss too
+
         def read_rows(layout: PackedLayout) -> Tensor:  # the ITM [CLS] rows and the MLM supervised rows
             rows = [first_row_index(layout)[:n_itm]]
             if labels_all is not None:
-                rows.append(supervised_rows(layout, labels_all)[0])
+                supervised.append(supervised_rows(layout, labels_all))
+                rows.append(supervised[0][0])
             return torch.cat(rows)
 
         enc = model.encode(text_ids=torch.cat(texts), text_lens=torch.cat(text_len), images=torch.cat(images),
@@ -116,7 +118,7 @@ def pretrain_losses(model: VLMo, batch: dict, tasks: set[str], gather_grad: bool
             losses["itm_loss"] = F.cross_entropy(logits, labels)
             metrics["itm_accuracy"] = _accuracy(logits, labels)
         if "mlm" in tasks:
-            loss, logits, target = _mlm(model, enc, labels_all)
+            loss, logits, target = _mlm(model, enc.feats, *supervised[0])
             losses["mlm_loss"] = 0.25 * loss
             metrics["mlm_accuracy"] = _accuracy(logits, target)
     return losses, metrics
@@ -124,10 +126,14 @@ def pretrain_losses(model: VLMo, batch: dict, tasks: set[str], gather_grad: bool
 
 def textmlm_losses(model: VLMo, batch: dict) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """Stage 2: MLM on the text-only pass (no 0.25 factor)."""
-    labels = batch["text_labels_mlm"]
-    enc = model.encode(text_ids=batch["text_ids_mlm"], text_lens=text_lens(batch),
-                       output_rows=lambda layout: supervised_rows(layout, labels)[0])
-    loss, logits, target = _mlm(model, enc, labels)
+    supervised: list[tuple[Tensor, Tensor]] = []  # found once, on the pass's layout, for the loss too
+
+    def read_rows(layout: PackedLayout) -> Tensor:
+        supervised.append(supervised_rows(layout, batch["text_labels_mlm"]))
+        return supervised[0][0]
+
+    enc = model.encode(text_ids=batch["text_ids_mlm"], text_lens=text_lens(batch), output_rows=read_rows)
+    loss, logits, target = _mlm(model, enc.feats, *supervised[0])
     return {"mlm_loss": loss}, {"mlm_accuracy": _accuracy(logits, target)}
 
 
