@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from vlmo_fast.kernels.attention import dense_bias_and_mask, dense_slots, packed_attention_ref, packed_attention_triton
-from .backend import kernel_choice, use_triton
+from .backend import kernel_choice, needs_grad, use_triton
 from .layout import PackedLayout
 
 
@@ -54,8 +54,6 @@ def packed_attention(q: Tensor, k: Tensor, v: Tensor, layout: PackedLayout, tabl
     """
     if use_triton(q):
         return packed_attention_triton(q, k, v, layout, table, col, window, l0, scale)
-    needs_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (q, k, v, table))
-    if kernel_choice() == "ref" or needs_grad:
+    if kernel_choice() == "ref" or needs_grad(q, k, v, table):
         return packed_attention_ref(q, k, v, layout, table, col, window, l0, scale)
     return packed_attention_sdpa(q, k, v, layout, table, col, window, l0, scale)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 
+import torch
 from torch import Tensor
 
 _CHOICES = ("auto", "ref", "triton")
@@ -24,3 +25,8 @@ def use_triton(x: Tensor) -> bool:
     if choice == "triton":
         return True
     return x.is_cuda
+
+
+def needs_grad(*tensors: Tensor | None) -> bool:
+    """Whether autograd will record an op on these tensors (the CPU paths differ for training and inference)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from vlmo_fast.kernels.attention import dense_bias_and_mask, dense_slots
 from .attention import packed_attention
-from .backend import kernel_choice
+from .backend import kernel_choice, needs_grad
 from .layout import PackedLayout
 
 
@@ -35,9 +35,7 @@ def self_attention(x: Tensor, weight: Tensor, bias: Tensor | None, num_heads: in
 
 def _dense_path(x: Tensor, weight: Tensor, table: Tensor | None) -> bool:
     """CPU training on the default kernels (inference keeps SDPA; ref and triton are forced choices)."""
-    if x.is_cuda or kernel_choice() != "auto" or not torch.is_grad_enabled():
-        return False
-    return any(t is not None and t.requires_grad for t in (x, weight, table))
+    return not x.is_cuda and kernel_choice() == "auto" and needs_grad(x, weight, table)
 
 
 def dense_self_attention(x: Tensor, weight: Tensor, bias: Tensor | None, num_heads: int, layout: PackedLayout,
