@@ -18,15 +18,19 @@ Order: torch reference, shared jit helpers, forward kernel, launcher, custom ops
 """
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
 from vlmo_fast.ops.layout import PackedLayout
-from vlmo_fast.ops.relpos import IMAGE, TEXT, num_image_rows, relpos_index, table_rows
+
+from .attention_bwd import attention_bwd
+from .autocast import compute_dtype
+from .attention_tiles import (LOG2E, block_d, bias, geometry, head_columns, load_rows, prune_query_configs,
+                              query_configs, rows_major, segment_tile)
+from .relpos import IMAGE, TEXT, relpos_index, table_rows
+from .tuning import bench_fn
 
 
 def dense_slots(layout: PackedLayout) -> tuple[Tensor, Tensor, int]:
@@ -87,73 +91,6 @@ def packed_attention_ref(q: Tensor, k: Tensor, v: Tensor, layout: PackedLayout, 
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Triton: shared pieces
-# ----------------------------------------------------------------------------------------------------------
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-_LOG2E = tl.constexpr(1.4426950408889634)  # softmax runs in base 2: exp2 is one instruction, exp is not
-
-
-def _configs() -> list[triton.Config]:
-    """Tile sizes the autotuner tries; the interpreter gets one small tile (it is slow and timing it is moot)."""
-    if _INTERPRET:
-        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1)]
-    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
-            for bm, bn, w, s in ((128, 64, 8, 3), (128, 32, 4, 3), (64, 64, 4, 3), (64, 32, 4, 2), (32, 32, 4, 2))]
-
-
-def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
-    """Head dims above 64 leave no shared memory for 128-row tiles with a 3-stage pipeline."""
-    block_d = kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 64))
-    kept = [c for c in configs if block_d <= 64 or c.kwargs["BLOCK_M"] * c.num_stages <= 256]
-    return kept or configs[-1:]
-
-
-_AUTOTUNE = dict(configs=_configs(), key=["BLOCK_D", "HAS_BIAS"], prune_configs_by={"early_config_prune": _prune})
-
-
-def _block_d(head_dim: int) -> int:
-    """Head dim padded to a power of two, at least 16 (the smallest tl.dot operand)."""
-    return max(16, triton.next_power_of_2(head_dim))
-
-
-# _bias: the (BLOCK_M, BLOCK_N) bias of a query tile against a key tile, read from one head's column of the table.
-#   TableH  pointer to table[0, h] (fp32/fp16/bf16), rows `stride_tr` apart
-#   q_pos   (BLOCK_M,) int32 in-segment query positions;  k_pos (BLOCK_N,) int32 key positions
-#   mask    (BLOCK_M, BLOCK_N) which entries are real (the others may index outside the table)
-#   window, l0, nrd, num_rows: the table geometry of vlmo_fast.ops.relpos (W, L0, NRD, R)
-# Q_TEXT / K_TEXT are compile-time: cross-modal blocks read one entry, the rest compute the row of relpos_index.
-@triton.jit
-def _bias(TableH, q_pos, k_pos, mask, stride_tr, window, l0, nrd, num_rows,
-          Q_TEXT: tl.constexpr, K_TEXT: tl.constexpr):
-    if Q_TEXT and K_TEXT:
-        row = nrd + l0 + (k_pos[None, :] - q_pos[:, None])
-        q0 = q_pos[:, None] == 0
-        k0 = k_pos[None, :] == 0
-        row = tl.where(q0, num_rows - 3, row)
-        row = tl.where(k0, num_rows - 2, row)
-        row = tl.where(q0 & k0, num_rows - 1, row)
-        b = tl.load(TableH + row.to(tl.int64) * stride_tr, mask=mask, other=0.0).to(tl.float32)
-    elif Q_TEXT:
-        b = tl.load(TableH + nrd * stride_tr).to(tl.float32)  # text query -> image key: one row
-    elif K_TEXT:
-        b = tl.load(TableH + (nrd + 1) * stride_tr).to(tl.float32)  # image query -> text key: one row
-    else:
-        # patch position 1 + r*W + c; the image [CLS] (position 0) has its own rows
-        q_r = (q_pos - 1) // window
-        q_c = (q_pos - 1) - q_r * window
-        k_r = (k_pos - 1) // window
-        k_c = (k_pos - 1) - k_r * window
-        row = (q_r[:, None] - k_r[None, :] + window - 1) * (2 * window - 1) + (q_c[:, None] - k_c[None, :] + window - 1)
-        q0 = q_pos[:, None] == 0
-        k0 = k_pos[None, :] == 0
-        row = tl.where(q0, nrd - 3, row)
-        row = tl.where(k0, nrd - 2, row)
-        row = tl.where(q0 & k0, nrd - 1, row)
-        b = tl.load(TableH + row.to(tl.int64) * stride_tr, mask=mask, other=0.0).to(tl.float32)
-    return b
-
-
-# ----------------------------------------------------------------------------------------------------------
 # Triton: forward
 # ----------------------------------------------------------------------------------------------------------
 # _fwd_keys: online-softmax update of one query tile over the keys [k_row0, k_row0 + k_len) of one modality.
@@ -164,19 +101,17 @@ def _fwd_keys(acc, m_i, l_i, q, q_pos, q_mask, Kh, Vh, TableH, k_row0, k_len,
               stride_kt, stride_vt, stride_tr, qk_scale, window, l0, nrd, num_rows,
               HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr,
               Q_TEXT: tl.constexpr, K_TEXT: tl.constexpr, BLOCK_N: tl.constexpr):
-    offs_d = tl.arange(0, BLOCK_D)
-    d_mask = offs_d < HEAD_DIM
     for start in range(0, k_len, BLOCK_N):
         k_pos = start + tl.arange(0, BLOCK_N)
         k_mask = k_pos < k_len
         rows = (k_row0 + k_pos).to(tl.int64)
-        kv_mask = k_mask[:, None] & d_mask[None, :]
-        k = tl.load(Kh + rows[:, None] * stride_kt + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(Vh + rows[:, None] * stride_vt + offs_d[None, :], mask=kv_mask, other=0.0)
+        k = load_rows(Kh, rows, k_mask, stride_kt, HEAD_DIM, BLOCK_D)
+        v = load_rows(Vh, rows, k_mask, stride_vt, HEAD_DIM, BLOCK_D)
+        # "ieee" matters only for fp32 inputs (no silent TF32); half inputs take the tensor cores either way
         s = tl.dot(q, tl.trans(k), input_precision="ieee") * qk_scale  # (BLOCK_M, BLOCK_N), base-2 logits
         if HAS_BIAS:
-            s += _bias(TableH, q_pos, k_pos, q_mask[:, None] & k_mask[None, :], stride_tr, window, l0, nrd,
-                       num_rows, Q_TEXT, K_TEXT) * _LOG2E
+            s += bias(TableH, q_pos[:, None], k_pos[None, :], q_mask[:, None] & k_mask[None, :], stride_tr,
+                      window, l0, nrd, num_rows, Q_TEXT, K_TEXT) * LOG2E
         s = tl.where(k_mask[None, :], s, float("-inf"))
         # every tile holds at least one real key, so m_new is finite and alpha never sees inf - inf
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -189,38 +124,31 @@ def _fwd_keys(acc, m_i, l_i, q, q_pos, q_mask, Kh, Vh, TableH, k_row0, k_len,
 
 
 # _fwd_kernel: grid (P * (query tiles of the longest text + of the longest image), H).
-#   Q, K, V      (T, H, dh) any float dtype, last dim contiguous, rows/heads strided (qkv slices are fine)
+#   Q, K, V      (T, H, dh) fp32/fp16/bf16 (one dtype), last dim contiguous, rows/heads strided (qkv slices)
 #   Out          (T, H, dh) q.dtype, contiguous;  Lse (T, H) fp32: log2-sum-exp2 of each row's base-2 logits
-#   TableH       (R, H) slice of the bias table (column stride 1), or a dummy when not HAS_BIAS
+#   Table        (R, H) slice of the bias table (column stride 1), or a dummy when not HAS_BIAS
 #   TextStart, TextQLen, TextKLen, ImageStart, ImageLen   (P,) int32: the PackedLayout
-@triton.autotune(**_AUTOTUNE)
+@triton.autotune(configs=query_configs(), key=["BLOCK_D", "HAS_BIAS"], do_bench=bench_fn(),
+                 prune_configs_by={"early_config_prune": prune_query_configs})
 @triton.jit
 def _fwd_kernel(Q, K, V, Out, Lse, Table, TextStart, TextQLen, TextKLen, ImageStart, ImageLen,
                 stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh, stride_ot, stride_oh,
                 stride_tr, num_heads, max_text_q, max_image, qk_scale, window, l0, nrd, num_rows,
                 HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, HAS_BIAS: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    n_text = tl.cdiv(max_text_q, BLOCK_M)
-    per_pair = n_text + tl.cdiv(max_image, BLOCK_M)
-    pair = tl.program_id(0) // per_pair
-    tile = tl.program_id(0) % per_pair
+    pair, q_text, pos0, seg_start, seg_len = segment_tile(TextStart, TextQLen, ImageStart, ImageLen, max_text_q,
+                                                          max_image, BLOCK_M)
+    if pos0 >= seg_len:
+        return
     h = tl.program_id(1)
     t_start = tl.load(TextStart + pair)
     t_klen = tl.load(TextKLen + pair)
     i_start = tl.load(ImageStart + pair)
     i_len = tl.load(ImageLen + pair)
-    q_text = tile < n_text
-    pos0 = tl.where(q_text, tile, tile - n_text) * BLOCK_M
-    seg_start = tl.where(q_text, t_start, i_start)
-    seg_len = tl.where(q_text, tl.load(TextQLen + pair), i_len)
-    if pos0 >= seg_len:
-        return
     q_pos = pos0 + tl.arange(0, BLOCK_M)
     q_mask = q_pos < seg_len
     rows = (seg_start + q_pos).to(tl.int64)
-    offs_d = tl.arange(0, BLOCK_D)
-    qd_mask = q_mask[:, None] & (offs_d < HEAD_DIM)[None, :]
-    q = tl.load(Q + h * stride_qh + rows[:, None] * stride_qt + offs_d[None, :], mask=qd_mask, other=0.0)
+    q = load_rows(Q + h * stride_qh, rows, q_mask, stride_qt, HEAD_DIM, BLOCK_D)
     Kh = K + h * stride_kh
     Vh = V + h * stride_vh
     TableH = Table + h
@@ -245,29 +173,16 @@ def _fwd_kernel(Q, K, V, Out, Lse, Table, TextStart, TextQLen, TextKLen, ImageSt
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)
     out = acc / l_safe[:, None]
+    offs_d = tl.arange(0, BLOCK_D)
+    qd_mask = q_mask[:, None] & (offs_d < HEAD_DIM)[None, :]
     tl.store(Out + h * stride_oh + rows[:, None] * stride_ot + offs_d[None, :], out.to(Out.dtype.element_ty),
              mask=qd_mask)
     tl.store(Lse + rows * num_heads + h, tl.where(empty, float("inf"), m_i + tl.log2(l_safe)), mask=q_mask)
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Launchers
+# Launcher
 # ----------------------------------------------------------------------------------------------------------
-def _rows_major(t: Tensor) -> Tensor:
-    """The kernels stride over rows and heads but need the head dim contiguous."""
-    return t if t.stride(-1) == 1 else t.contiguous()
-
-
-def _head_columns(table: Tensor) -> Tensor:
-    """The kernels step one column per head (TableH = Table + h)."""
-    return table if table.stride(1) == 1 else table.contiguous()
-
-
-def _geometry(table: Tensor | None, window: int, l0: int) -> tuple[int, int]:
-    """(NRD, R) of the table, or zeros without a bias."""
-    return (num_image_rows(window), table_rows(window, l0)) if table is not None else (0, 0)
-
-
 def attention_fwd(q: Tensor, k: Tensor, v: Tensor, seg: tuple[Tensor, ...], table: Tensor | None,
                   max_text_q: int, max_image: int, window: int, l0: int, scale: float) -> tuple[Tensor, Tensor]:
     """Launch the forward kernel: returns out (T, H, dh) in q.dtype and lse (T, H) fp32 (base 2).
@@ -275,15 +190,15 @@ def attention_fwd(q: Tensor, k: Tensor, v: Tensor, seg: tuple[Tensor, ...], tabl
     `seg` = (text_start, text_q_len, text_k_len, image_start, image_len), each (P,) int32; `table` the layer's
     (R, H) slice of the bias table (column stride 1) or None.
     """
-    q, k, v = _rows_major(q), _rows_major(k), _rows_major(v)
+    q, k, v = rows_major(q), rows_major(k), rows_major(v)
     T, H, dh = q.shape
     out = q.new_empty(T, H, dh)
     lse = q.new_empty(T, H, dtype=torch.float32)
     P = seg[0].shape[0]
     if T == 0 or P == 0:
         return out, lse
-    nrd, R = _geometry(table, window, l0)
-    tab = _head_columns(table) if table is not None else lse  # never read when HAS_BIAS is false
+    nrd, R = geometry(table, window, l0)
+    tab = head_columns(table) if table is not None else q.new_empty(1)  # never read without a bias
 
     def grid(meta):
         return (P * (triton.cdiv(max_text_q, meta["BLOCK_M"]) + triton.cdiv(max_image, meta["BLOCK_M"])), H)
@@ -291,7 +206,7 @@ def attention_fwd(q: Tensor, k: Tensor, v: Tensor, seg: tuple[Tensor, ...], tabl
     _fwd_kernel[grid](q, k, v, out, lse, tab, *seg, q.stride(0), q.stride(1), k.stride(0), k.stride(1),
                       v.stride(0), v.stride(1), out.stride(0), out.stride(1), tab.stride(0), H, max_text_q,
                       max_image, scale * 1.4426950408889634, window, l0, nrd, R,
-                      HEAD_DIM=dh, BLOCK_D=_block_d(dh), HAS_BIAS=table is not None)
+                      HEAD_DIM=dh, BLOCK_D=block_d(dh), HAS_BIAS=table is not None)
     return out, lse
 
 
@@ -322,8 +237,6 @@ def _fwd_fake(q, k, v, text_start, text_q_len, text_k_len, image_start, image_le
                                 f"Tensor? table, {_GEOM}) -> (Tensor, Tensor, Tensor, Tensor)")
 def _bwd_op(dout, q, k, v, out, lse, text_start, text_q_len, text_k_len, image_start, image_len, table,
             max_text_q, max_image, window, l0, scale):
-    from .attention_bwd import attention_bwd  # the backward imports this module's helpers
-
     seg = (text_start, text_q_len, text_k_len, image_start, image_len)
     return attention_bwd(dout, q, k, v, out, lse, seg, table, max_text_q, max_image, window, l0, scale)
 
@@ -364,6 +277,8 @@ def packed_attention_triton(q: Tensor, k: Tensor, v: Tensor, layout: PackedLayou
     if q.dim() != 3 or k.shape != q.shape or v.shape != q.shape:
         raise ValueError(f"q, k, v must share one (T, H, dh) shape, got {tuple(q.shape)}, {tuple(k.shape)}, "
                          f"{tuple(v.shape)}")
+    cdt = compute_dtype(q)
+    q, k, v = q.to(cdt), k.to(cdt), v.to(cdt)  # under autocast the operands take its dtype, as a matmul's would
     if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise ValueError(f"q, k, v must share one of fp32/fp16/bf16, got {q.dtype}, {k.dtype}, {v.dtype}")
     T, H, dh = q.shape

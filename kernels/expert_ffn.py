@@ -25,14 +25,15 @@ Choices and limits:
 - The LayerNorm is a separate pass rather than a GEMM prologue: applying it inside the fc1 mainloop would redo
   it for every column tile and take the A operand off the asynchronous shared-memory path of the tensor cores;
   the pass costs about 4*T*D bytes, a few percent of the FFN.
-- Accumulation is fp32 in every kernel; fp32 inputs use IEEE dot products (no TF32).  Weights are cast to x's
-  dtype by the public function (a no-op when they match; autograd casts their gradients back).
+- Accumulation is fp32 in every kernel; fp32 inputs use IEEE dot products (no TF32).  The matmuls run in the
+  compute dtype: the autocast dtype under torch.autocast, else x's dtype.  Weights are cast to it by the public
+  function (a no-op when they match; autograd casts their gradients back); x, the residual and the output keep
+  x's dtype (an fp32 residual stream stays fp32 while the GEMM operands are bf16), LayerNorm statistics fp32.
 - Saved for the backward: xn (T, D), mean and rstd (T,), u and a (T, 4D), h (T, D) when gamma is given; the
   same activations the official eager code keeps.
 """
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 import torch
@@ -40,6 +41,9 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 from torch import Tensor
+
+from .autocast import compute_dtype
+from .tuning import SM90_SMEM_BYTES, bench_fn, pick_configs
 
 # One expert's weights in the official layout: (norm weight, norm bias, fc1 weight (F, D), fc1 bias (F,),
 # fc2 weight (D, F), fc2 bias (D,)).
@@ -66,8 +70,6 @@ def expert_ffn_ref(x: Tensor, groups: list[tuple[int, int, int]], experts: list[
 # --------------------------------------------------------------------------------------------------------------
 # Kernels
 # --------------------------------------------------------------------------------------------------------------
-_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-
 # Epilogues of the GEMM kernel.
 EPI_NONE, EPI_GELU, EPI_RESIDUAL, EPI_DGELU = 0, 1, 2, 3
 
@@ -97,6 +99,38 @@ def _ln_fwd_kernel(X, W, B, Y, MEAN, RSTD, M, D, stride_xm, stride_ym, eps,
     tl.store(RSTD + rows, rstd, mask=mask_m)
 
 
+# Hopper-sized tiles first; the pruning filter drops tiles far larger than the problem (small text groups) and
+# those that do not fit sm_90's shared memory in the operands' dtype.
+_GEMM_TILES = [  # (BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps)
+    (128, 256, 64, 3, 8), (128, 128, 64, 4, 8), (128, 128, 64, 3, 4), (128, 64, 64, 4, 4),
+    (64, 128, 64, 4, 4), (64, 64, 64, 4, 4), (32, 64, 64, 4, 4),
+]
+_GEMM_CONFIGS = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_stages=s,
+                               num_warps=w) for bm, bn, bk, s, w in _GEMM_TILES]
+# The interpreter runs one program at a time in numpy: a single small tile keeps tests quick and exercises
+# groups both smaller and larger than a tile.
+_INTERPRET_CONFIGS = [triton.Config({"BLOCK_M": 16, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 4}, num_warps=4,
+                                    num_stages=1)]
+
+
+def _fits_sm90(c: triton.Config, itemsize: int) -> bool:
+    """The sm_90 rules of the resource table (python -m vlmo_fast.kernels.aot): the pipelined A and B tiles fit
+    the 227 KB of shared memory, and fp32 (IEEE, FMA units: no tensor-core accumulators) keeps tiles whose
+    accumulator fits the registers."""
+    k = c.kwargs
+    smem = (k["BLOCK_M"] + k["BLOCK_N"]) * k["BLOCK_K"] * itemsize * c.num_stages
+    return smem <= SM90_SMEM_BYTES and (itemsize < 4 or k["BLOCK_M"] * k["BLOCK_N"] <= 128 * 64)
+
+
+def _prune_gemm_configs(configs, named_args, **kwargs):
+    m_cap = max(32, triton.next_power_of_2(named_args["M"]))
+    n_cap = max(64, triton.next_power_of_2(named_args["N"]))
+    itemsize = named_args["A"].element_size()
+    kept = [c for c in configs if c.kwargs["BLOCK_M"] <= m_cap and c.kwargs["BLOCK_N"] <= n_cap
+            and _fits_sm90(c, itemsize)]
+    return kept or configs[-1:]
+
+
 # C = epilogue(A @ B) for one group.  A (M, K) and B (K, N) by strides (any layout, so W1, W2 and their
 # transposes are read in place); C, AUX, X, H are row-major with unit column stride and their own row stride.
 #   EPI_NONE     C = acc
@@ -105,6 +139,9 @@ def _ln_fwd_kernel(X, W, B, Y, MEAN, RSTD, M, D, stride_xm, stride_ym, eps,
 #   EPI_DGELU    C = acc * gelu_erf'(AUX)                  (AUX holds u)
 # BIAS, GAMMA (N,), RSCALE (M,): any float dtype; unused pointers may be any tensor.  M_BUCKET only keys the
 # autotuner (log2 of M), so a new packed token count does not trigger a new search.
+@triton.autotune(configs=pick_configs(_GEMM_CONFIGS, _INTERPRET_CONFIGS), do_bench=bench_fn(),
+                 key=["N", "K", "M_BUCKET", "EPILOGUE", "STORE_AUX"],
+                 prune_configs_by={"early_config_prune": _prune_gemm_configs})
 @triton.jit
 def _gemm_kernel(A, B, C, BIAS, AUX, X, GAMMA, RSCALE,
                  M, N, K, M_BUCKET,
@@ -204,29 +241,6 @@ def _ln_bwd_kernel(DXN, X, W, MEAN, RSTD, DRES, DX, DW_PART, DB_PART, M, D,
 # --------------------------------------------------------------------------------------------------------------
 # Launchers
 # --------------------------------------------------------------------------------------------------------------
-# Hopper-sized tiles first; the pruning filter drops tiles far larger than the problem (small text groups).
-_GEMM_TILES = [  # (BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps)
-    (128, 256, 64, 3, 8), (128, 128, 64, 4, 8), (128, 128, 64, 3, 4), (128, 64, 64, 4, 4),
-    (64, 128, 64, 4, 4), (64, 64, 64, 4, 4), (32, 64, 64, 4, 4),
-]
-_GEMM_CONFIGS = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_stages=s,
-                               num_warps=w) for bm, bn, bk, s, w in _GEMM_TILES]
-# The interpreter runs one program at a time in numpy: a single small tile keeps tests quick and exercises
-# groups both smaller and larger than a tile.
-_INTERPRET_TILE = {"BLOCK_M": 16, "BLOCK_N": 128, "BLOCK_K": 64, "GROUP_M": 4}
-
-
-def _prune_gemm_configs(configs, named_args, **kwargs):
-    m_cap = max(32, triton.next_power_of_2(named_args["M"]))
-    n_cap = max(64, triton.next_power_of_2(named_args["N"]))
-    kept = [c for c in configs if c.kwargs["BLOCK_M"] <= m_cap and c.kwargs["BLOCK_N"] <= n_cap]
-    return kept or configs[-1:]
-
-
-_gemm_tuned = triton.autotune(_GEMM_CONFIGS, key=["N", "K", "M_BUCKET", "EPILOGUE", "STORE_AUX"],
-                              prune_configs_by={"early_config_prune": _prune_gemm_configs})(_gemm_kernel)
-
-
 def _gemm(a: Tensor, b: Tensor, out: Tensor, epilogue: int, bias: Tensor | None = None, aux: Tensor | None = None,
           store_aux: bool = False, x: Tensor | None = None, gamma: Tensor | None = None,
           row_scale: Tensor | None = None) -> None:
@@ -245,10 +259,7 @@ def _gemm(a: Tensor, b: Tensor, out: Tensor, epilogue: int, bias: Tensor | None 
     def grid(cfg):
         return (triton.cdiv(M, cfg["BLOCK_M"]) * triton.cdiv(N, cfg["BLOCK_N"]),)
 
-    if _INTERPRET:
-        _gemm_kernel[grid(_INTERPRET_TILE)](*args, **meta, **_INTERPRET_TILE)
-    else:
-        _gemm_tuned[grid](*args, **meta)
+    _gemm_kernel[grid](*args, **meta)
 
 
 def _ln_rows(D: int) -> tuple[int, int, int]:
@@ -285,19 +296,19 @@ def _triples(flat: list[int]) -> list[tuple[int, int, int]]:
     return [(flat[i], flat[i + 1], flat[i + 2]) for i in range(0, len(flat), 3)]
 
 
-@torch.library.custom_op("vlmo_fast::expert_ffn_fwd", mutates_args=())
-def _expert_ffn_fwd(x: Tensor, groups: list[int], weights: list[Tensor], gamma: Optional[Tensor],
-                    row_scale: Optional[Tensor], eps: float, save: bool
-                    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Returns (out, xn, mean, rstd, u, a, h); u is empty unless `save`, h unless `save` and gamma is given."""
+def ffn_forward(x: Tensor, groups: list[int], weights: list[Tensor], gamma: Optional[Tensor],
+                row_scale: Optional[Tensor], eps: float, save: bool
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """The forward launches.  The GEMMs run in the weights' dtype (the compute dtype); x and out share x's dtype.
+    Returns (out, xn, mean, rstd, u, a, h); u is empty unless `save`, h unless `save` and gamma is given."""
     T, D = x.shape
-    F_ = weights[2].shape[0]
+    hidden, cdt = weights[2].shape[0], weights[2].dtype
     store_h = save and gamma is not None
-    out, xn, a = torch.empty_like(x), torch.empty_like(x), x.new_empty(T, F_)
+    out, xn, a = torch.empty_like(x), x.new_empty(T, D, dtype=cdt), x.new_empty(T, hidden, dtype=cdt)
     mean = x.new_empty(T, dtype=torch.float32)
     rstd = torch.empty_like(mean)
-    u = x.new_empty(T if save else 0, F_)
-    h = x.new_empty(T if store_h else 0, D)
+    u = x.new_empty(T if save else 0, hidden, dtype=cdt)
+    h = x.new_empty(T if store_h else 0, D, dtype=cdt)
     for s, e, k in _triples(groups):
         if e == s:
             continue
@@ -309,22 +320,31 @@ def _expert_ffn_fwd(x: Tensor, groups: list[int], weights: list[Tensor], gamma: 
     return out, xn, mean, rstd, u, a, h
 
 
+@torch.library.custom_op("vlmo_fast::expert_ffn_fwd", mutates_args=())
+def _expert_ffn_fwd(x: Tensor, groups: list[int], weights: list[Tensor], gamma: Optional[Tensor],
+                    row_scale: Optional[Tensor], eps: float, save: bool
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return ffn_forward(x, groups, weights, gamma, row_scale, eps, save)
+
+
 @_expert_ffn_fwd.register_fake
 def _(x, groups, weights, gamma, row_scale, eps, save):
     T, D = x.shape
-    F_ = weights[2].shape[0]
+    hidden, cdt = weights[2].shape[0], weights[2].dtype
     mean = x.new_empty(T, dtype=torch.float32)
-    return (torch.empty_like(x), torch.empty_like(x), mean, torch.empty_like(mean), x.new_empty(T if save else 0, F_),
-            x.new_empty(T, F_), x.new_empty(T if save and gamma is not None else 0, D))
+    return (torch.empty_like(x), x.new_empty(T, D, dtype=cdt), mean, torch.empty_like(mean),
+            x.new_empty(T if save else 0, hidden, dtype=cdt), x.new_empty(T, hidden, dtype=cdt),
+            x.new_empty(T if save and gamma is not None else 0, D, dtype=cdt))
 
 
-@torch.library.custom_op("vlmo_fast::expert_ffn_bwd", mutates_args=())
-def _expert_ffn_bwd(dy: Tensor, x: Tensor, xn: Tensor, mean: Tensor, rstd: Tensor, u: Tensor, a: Tensor, h: Tensor,
-                    groups: list[int], weights: list[Tensor], gamma: Optional[Tensor],
-                    row_scale: Optional[Tensor]) -> list[Tensor]:
-    """Returns [dx, dgamma (empty without gamma), then the gradients of `weights` (zeros for unused experts)]."""
+def ffn_backward(dy: Tensor, x: Tensor, xn: Tensor, mean: Tensor, rstd: Tensor, u: Tensor, a: Tensor, h: Tensor,
+                 groups: list[int], weights: list[Tensor], gamma: Optional[Tensor],
+                 row_scale: Optional[Tensor]) -> list[Tensor]:
+    """The backward launches, GEMMs in the weights' dtype.  Returns [dx, dgamma (empty without gamma), then the
+    gradients of `weights` (zeros for unused experts)]."""
     dy = dy.contiguous()
     dx = torch.empty_like(x)
+    cdt = weights[2].dtype
     acc: list[Tensor | None] = [None] * len(weights)  # sums over the groups of each expert
     dgamma = torch.zeros_like(gamma, dtype=torch.float32) if gamma is not None else None
     for s, e, k in _triples(groups):
@@ -334,7 +354,7 @@ def _expert_ffn_bwd(dy: Tensor, x: Tensor, xn: Tensor, mean: Tensor, rstd: Tenso
         dy_g = dy[s:e]
         r = None if row_scale is None else row_scale[s:e, None].to(dy.dtype)
         dh = dy_g if gamma is None else dy_g * gamma.to(dy.dtype)
-        dh = dh if r is None else dh * r
+        dh = (dh if r is None else dh * r).to(cdt)
         if dgamma is not None:
             gh = dy_g.float() * h[s:e].float()
             dgamma += (gh if r is None else gh * r.float()).sum(0)
@@ -350,6 +370,13 @@ def _expert_ffn_bwd(dy: Tensor, x: Tensor, xn: Tensor, mean: Tensor, rstd: Tenso
     grads = [torch.zeros_like(w) if g is None else g.to(w.dtype) for g, w in zip(acc, weights)]
     dgamma_out = x.new_empty(0) if gamma is None else dgamma.to(gamma.dtype)
     return [dx, dgamma_out, *grads]
+
+
+@torch.library.custom_op("vlmo_fast::expert_ffn_bwd", mutates_args=())
+def _expert_ffn_bwd(dy: Tensor, x: Tensor, xn: Tensor, mean: Tensor, rstd: Tensor, u: Tensor, a: Tensor, h: Tensor,
+                    groups: list[int], weights: list[Tensor], gamma: Optional[Tensor],
+                    row_scale: Optional[Tensor]) -> list[Tensor]:
+    return ffn_backward(dy, x, xn, mean, rstd, u, a, h, groups, weights, gamma, row_scale)
 
 
 @_expert_ffn_bwd.register_fake
@@ -418,12 +445,13 @@ def check_expert_ffn_inputs(x: Tensor, groups: list[tuple[int, int, int]], exper
 def expert_ffn_triton(x: Tensor, groups: list[tuple[int, int, int]], experts: list[ExpertWeights],
                       gamma: Tensor | None = None, row_scale: Tensor | None = None, eps: float = 1e-6) -> Tensor:
     """The fused kernels; same contract as `expert_ffn_ref` (fp32, fp16, bf16; differentiable in x, weights,
-    gamma).  Weights are cast to x's dtype; on the CPU it needs TRITON_INTERPRET=1."""
+    gamma), autocast included: the matmuls take their operands in the autocast dtype where it is enabled, else
+    in x's dtype; the output has x's dtype.  On the CPU it needs TRITON_INTERPRET=1."""
     check_expert_ffn_inputs(x, groups, experts, gamma, row_scale)
     if x.shape[0] == 0:
         return x.clone()
     flat_groups = [int(v) for g in groups for v in g]
-    weights = [w.to(x.dtype).contiguous() for ws in experts for w in ws]
+    weights = [w.to(compute_dtype(x)).contiguous() for ws in experts for w in ws]
     x = x.contiguous()
     gamma = None if gamma is None else gamma.to(x.dtype).contiguous()
     row_scale = None if row_scale is None else row_scale.detach().contiguous()

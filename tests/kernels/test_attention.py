@@ -12,89 +12,38 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.kernels.parity import assert_rule, attention_inputs, check_attention, run_attention
 from vlmo_fast.kernels.attention import packed_attention_ref, packed_attention_triton
 from vlmo_fast.ops.attention import packed_attention, packed_attention_sdpa
-from vlmo_fast.ops.packing import make_layout_ref
 from vlmo_fast.ops.relpos import table_rows
-
-ATOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
-LAYERS = 3  # the table holds three layers' columns; the tests use the middle one
-
-
-def _inputs(text_lens: list[int], image_len: int, text_q_len: int | None, heads: int, head_dim: int,
-            window: int, l0: int, bias: bool, seed: int = 0, device: str = "cpu"):
-    """Layout, fp64 (T, 3, H, dh) qkv, fp64 (R, H * LAYERS) table or None, and an fp64 output gradient."""
-    g = torch.Generator().manual_seed(seed)
-    layout = make_layout_ref(torch.tensor(text_lens, dtype=torch.int32, device=device), image_len, text_q_len)
-    T = layout.num_rows
-    qkv = torch.randn(T, 3, heads, head_dim, generator=g, dtype=torch.float64).to(device)
-    table = (torch.randn(table_rows(window, l0), heads * LAYERS, generator=g, dtype=torch.float64).to(device)
-             if bias else None)
-    dout = torch.randn(T, heads, head_dim, generator=g, dtype=torch.float64).to(device)
-    return layout, qkv, table, dout
-
-
-def _run(fn, layout, qkv, table, dout, dtype, col, window, l0, scale=None):
-    """Output and the gradients (dq, dk, dv, dtable) of fn on qkv/table cast to dtype, all as fp64."""
-    x = qkv.detach().to(dtype).requires_grad_()
-    tab = table.detach().to(dtype).requires_grad_() if table is not None else None
-    out = fn(x[:, 0], x[:, 1], x[:, 2], layout, tab, col, window, l0, scale)
-    out.backward(dout.to(dtype))
-    grads = [x.grad[:, i] for i in range(3)] + ([tab.grad] if tab is not None else [])
-    return [t.detach().double() for t in [out] + grads]
-
-
-def _assert_rule(name: str, got: torch.Tensor, same: torch.Tensor, truth: torch.Tensor, dtype: torch.dtype):
-    scale = max(1.0, truth.abs().max().item())
-    err = (got - truth).abs().max().item()
-    ref_err = (same - truth).abs().max().item()
-    bound = 2 * ref_err + ATOL[dtype] * scale
-    assert err <= bound, f"{name}: error {err:.3g} > bound {bound:.3g} (same-dtype reference error {ref_err:.3g})"
-
-
-def _check_kernel(text_lens, image_len, text_q_len, head_dim, dtype, bias, window=2, l0=8, heads=2, seed=0):
-    layout, qkv, table, dout = _inputs(text_lens, image_len, text_q_len, heads, head_dim, window, l0, bias, seed)
-    col = heads  # the middle layer's columns
-    truth = _run(packed_attention_ref, layout, qkv, table, dout, torch.float64, col, window, l0)
-    same = _run(packed_attention_ref, layout, qkv, table, dout, dtype, col, window, l0)
-    got = _run(packed_attention_triton, layout, qkv, table, dout, dtype, col, window, l0)
-    for name, g, s, t in zip(["out", "dq", "dk", "dv", "dtable"], got, same, truth):
-        assert torch.isfinite(g).all(), name
-        _assert_rule(name, g, s, t, dtype)
-    if bias:
-        dtable = got[4]
-        outside = torch.cat([dtable[:, :col], dtable[:, col + heads:]], 1)
-        assert torch.count_nonzero(outside) == 0, "bias gradient outside the layer's columns"
-        assert dtable[:, col:col + heads].abs().sum() > 0
-
 
 @pytest.mark.parametrize("head_dim", [16, 24, 34, 64])
 def test_kernel_mixed_pairs_padded_text(head_dim):
     """Pairs of text lengths 2..6 padded to 6 query rows (padded rows are queries only) plus 5 image tokens
     (window 2), bias from the middle layer's columns; fp32; every non power-of-two head dim pads in-kernel."""
-    _check_kernel([2, 6, 3], 5, 6, head_dim, torch.float32, bias=True)
+    check_attention([2, 6, 3], 5, 6, head_dim, torch.float32, bias=True)
 
 
 @pytest.mark.parametrize("head_dim", [24, 64])
 def test_kernel_fp16(head_dim):
-    _check_kernel([4, 2, 7], 5, 8, head_dim, torch.float16, bias=True, seed=1)
+    check_attention([4, 2, 7], 5, 8, head_dim, torch.float16, bias=True, seed=1)
 
 
 def test_kernel_packed_unpadded_long_image():
     """Text segments of their real lengths only, and 10 image tokens (window 3) spanning several key tiles."""
-    _check_kernel([5, 2, 9], 10, None, 16, torch.float32, bias=True, window=3, l0=9, seed=2)
+    check_attention([5, 2, 9], 10, None, 16, torch.float32, bias=True, window=3, l0=9, seed=2)
 
 
 def test_kernel_text_only():
-    _check_kernel([3, 8, 2, 5], 0, 8, 16, torch.float32, bias=True, seed=3)
+    check_attention([3, 8, 2, 5], 0, 8, 16, torch.float32, bias=True, seed=3)
 
 
 def test_kernel_image_only():
-    _check_kernel([0, 0], 10, None, 24, torch.float32, bias=True, window=3, seed=4)
+    check_attention([0, 0], 10, None, 24, torch.float32, bias=True, window=3, seed=4)
 
 
 def test_kernel_no_bias_fp16():
-    _check_kernel([2, 5, 3], 5, 6, 34, torch.float16, bias=False, seed=5)
+    check_attention([2, 5, 3], 5, 6, 34, torch.float16, bias=False, seed=5)
 
 
 @pytest.mark.parametrize("fn", [packed_attention, packed_attention_sdpa], ids=["dispatch", "sdpa"])
@@ -103,9 +52,9 @@ def test_cpu_paths_equal_reference(monkeypatch, fn):
     with and without bias, output and every gradient (the bias table's included)."""
     monkeypatch.setenv("VLMO_FAST_KERNELS", "auto")
     for bias in (True, False):
-        layout, qkv, table, dout = _inputs([3, 7, 12, 5], 10, 12, 3, 24, 3, 12, bias, seed=6)
-        ref = _run(packed_attention_ref, layout, qkv, table, dout, torch.float32, 3, 3, 12, 0.3)
-        got = _run(fn, layout, qkv, table, dout, torch.float32, 3, 3, 12, 0.3)
+        layout, qkv, table, dout = attention_inputs([3, 7, 12, 5], 10, 12, 3, 24, 3, 12, bias, seed=6)
+        ref = run_attention(packed_attention_ref, layout, qkv, table, dout, torch.float32, 3, 3, 12, 0.3)
+        got = run_attention(fn, layout, qkv, table, dout, torch.float32, 3, 3, 12, 0.3)
         assert len(got) == len(ref) == 4 + bias
         for i, (g, r) in enumerate(zip(got, ref)):
             tol = (2e-5 + 1e-4 * r.abs().max()) if i == 0 else (1e-5 + 1e-3 * r.abs().max())
@@ -114,7 +63,7 @@ def test_cpu_paths_equal_reference(monkeypatch, fn):
 
 def test_dispatch_respects_env(monkeypatch):
     """VLMO_FAST_KERNELS=triton runs the kernel on the CPU; =ref the reference (bit-equal to calling it)."""
-    layout, qkv, table, _ = _inputs([2, 4], 5, None, 2, 16, 2, 8, True, seed=7)
+    layout, qkv, table, _ = attention_inputs([2, 4], 5, None, 2, 16, 2, 8, True, seed=7)
     q, k, v = qkv.float().unbind(1)
     args = (layout, table.float(), 2, 2, 8, 0.25)
     monkeypatch.setenv("VLMO_FAST_KERNELS", "ref")
@@ -128,17 +77,17 @@ def test_compile_fullgraph(monkeypatch, kernels):
     """torch.compile(fullgraph=True) through the dispatch: the kernel is one opaque custom op."""
     monkeypatch.setenv("VLMO_FAST_KERNELS", kernels)
     torch._dynamo.reset()
-    layout, qkv, table, dout = _inputs([2, 5], 5, 5, 2, 16, 2, 8, True, seed=8)
-    eager = _run(packed_attention, layout, qkv, table, dout, torch.float32, 2, 2, 8, 0.25)
+    layout, qkv, table, dout = attention_inputs([2, 5], 5, 5, 2, 16, 2, 8, True, seed=8)
+    eager = run_attention(packed_attention, layout, qkv, table, dout, torch.float32, 2, 2, 8, 0.25)
     compiled = torch.compile(packed_attention, fullgraph=True, backend="aot_eager")
-    got = _run(compiled, layout, qkv, table, dout, torch.float32, 2, 2, 8, 0.25)
+    got = run_attention(compiled, layout, qkv, table, dout, torch.float32, 2, 2, 8, 0.25)
     for g, e in zip(got, eager):
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
 
 
 def test_opcheck():
     """Schema, fake tensor and autograd registration of the custom ops (torch.library.opcheck)."""
-    layout, qkv, table, dout = _inputs([2, 3], 2, None, 1, 16, 1, 4, True, seed=9)
+    layout, qkv, table, dout = attention_inputs([2, 3], 2, None, 1, 16, 1, 4, True, seed=9)
     q, k, v = qkv.float().unbind(1)
     seg = (layout.text_start, layout.text_q_len, layout.text_k_len, layout.image_start, layout.image_len)
     tab = table.float()[:, 1:2].requires_grad_()
@@ -151,8 +100,8 @@ def test_opcheck():
                           test_utils=("test_schema", "test_faketensor"))
 
 
-def test_bad_inputs():
-    layout, qkv, table, _ = _inputs([2, 3], 5, None, 2, 16, 2, 8, True)
+def test_badattention_inputs():
+    layout, qkv, table, _ = attention_inputs([2, 3], 5, None, 2, 16, 2, 8, True)
     q, k, v = qkv.float().unbind(1)
     t = table.float()
     with pytest.raises(ValueError, match="share one"):
@@ -173,9 +122,9 @@ def test_bad_inputs():
 @pytest.mark.parametrize("head_dim", [34, 64])
 def test_kernel_bf16_cuda(head_dim):
     """bf16 on a GPU (the interpreter computes bf16 tl.dot wrongly), at a VLMo-base-like 40 + 197 layout."""
-    layout, qkv, table, dout = _inputs(list(range(8, 21, 2)), 197, 40, 4, head_dim, 14, 40, True, device="cuda")
-    truth = _run(packed_attention_ref, layout, qkv, table, dout, torch.float64, 4, 14, 40)
-    same = _run(packed_attention_ref, layout, qkv, table, dout, torch.bfloat16, 4, 14, 40)
-    got = _run(packed_attention_triton, layout, qkv, table, dout, torch.bfloat16, 4, 14, 40)
+    layout, qkv, table, dout = attention_inputs(list(range(8, 21, 2)), 197, 40, 4, head_dim, 14, 40, True, device="cuda")
+    truth = run_attention(packed_attention_ref, layout, qkv, table, dout, torch.float64, 4, 14, 40)
+    same = run_attention(packed_attention_ref, layout, qkv, table, dout, torch.bfloat16, 4, 14, 40)
+    got = run_attention(packed_attention_triton, layout, qkv, table, dout, torch.bfloat16, 4, 14, 40)
     for name, g, s, t in zip(["out", "dq", "dk", "dv", "dtable"], got, same, truth):
-        _assert_rule(name, g, s, t, torch.bfloat16)
+        assert_rule(name, g, s, t, torch.bfloat16)

@@ -10,67 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.kernels.parity import DEVICE, assert_ffn_parity, ffn_inputs, ffn_names, run_ffn
 from vlmo_fast.kernels.expert_ffn import expert_ffn_ref, expert_ffn_triton
 from vlmo_fast.ops.expert_ffn import expert_ffn
-
-ATOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
-# The kernels run where the GPU is; on a machine without one, on the CPU under the interpreter.
-DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def make_inputs(T: int, D: int, num_experts: int, seed: int, with_gamma: bool, with_row_scale: bool):
-    """fp64 tensors on DEVICE: x (T, D), experts in the official layout (F = 4D), gamma (D,) or None, row_scale
-    (T,) or None (stochastic depth: 0 or 1/keep per row)."""
-    g = torch.Generator().manual_seed(seed)
-    F = 4 * D
-
-    def rnd(*shape, scale=1.0, shift=0.0):
-        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale + shift).to(DEVICE)
-
-    x = rnd(T, D, shift=0.3)
-    experts = [(rnd(D, scale=0.2, shift=1.0), rnd(D, scale=0.1), rnd(F, D, scale=D ** -0.5), rnd(F, scale=0.1),
-                rnd(D, F, scale=F ** -0.5), rnd(D, scale=0.1)) for _ in range(num_experts)]
-    gamma = rnd(D, scale=0.05, shift=0.1) if with_gamma else None
-    row_scale = None
-    if with_row_scale:
-        keep = torch.rand(T, generator=g) < 0.75
-        row_scale = (keep.double() / 0.75).to(DEVICE)
-    return x, experts, gamma, row_scale
-
-
-def run(fn, x, experts, gamma, row_scale, groups, dtype, dy):
-    """Output and the gradients of (x, gamma, every weight) with inputs cast to dtype."""
-    leaves = [x.to(dtype).requires_grad_()]
-    ws = [tuple(w.to(dtype).requires_grad_() for w in e) for e in experts]
-    gm = None if gamma is None else gamma.to(dtype).requires_grad_()
-    rs = None if row_scale is None else row_scale.to(dtype)
-    out = fn(leaves[0], groups, ws, gm, rs, 1e-6)
-    inputs = leaves + ([gm] if gm is not None else []) + [w for e in ws for w in e]
-    grads = torch.autograd.grad(out, inputs, dy.to(dtype), allow_unused=True)
-    return [out.detach()] + [None if g is None else g.detach() for g in grads]
-
-
-def names(experts, gamma):
-    return (["out", "dx"] + (["dgamma"] if gamma is not None else [])
-            + [f"e{k}.{n}" for k in range(len(experts)) for n in ("ln_w", "ln_b", "w1", "b1", "w2", "b2")])
-
-
-def assert_parity(groups, T, D, dtype, with_gamma, with_row_scale, num_experts=3, seed=0):
-    x, experts, gamma, row_scale = make_inputs(T, D, num_experts, seed, with_gamma, with_row_scale)
-    dy = torch.randn(T, D, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64).to(DEVICE)
-    truth = run(expert_ffn_ref, x, experts, gamma, row_scale, groups, torch.float64, dy)
-    ref = run(expert_ffn_ref, x, experts, gamma, row_scale, groups, dtype, dy)
-    got = run(expert_ffn_triton, x, experts, gamma, row_scale, groups, dtype, dy)
-    for name, t, r, k in zip(names(experts, gamma), truth, ref, got):
-        if t is None:  # an expert no group uses: no gradient from either path
-            assert r is None and k is None, name
-            continue
-        assert k is not None and k.dtype == dtype and k.shape == t.shape, name
-        scale = max(1.0, t.abs().max().item())
-        ref_err = (r.double() - t).abs().max().item()
-        err = (k.double() - t).abs().max().item()
-        assert err <= 2 * ref_err + ATOL[dtype] * scale, f"{name}: err {err:.3g}, ref err {ref_err:.3g}"
-
 
 # Uneven groups: an empty group, groups smaller than the interpreter's 16-row tile, one spanning tiles, an
 # expert used by two groups (its gradients add up) and an unused expert.
@@ -81,29 +23,29 @@ SMALL_GROUPS = [(0, 3, 0), (3, 3, 1), (3, 25, 1), (25, 30, 0), (30, 37, 2)]
     (torch.float32, True, True), (torch.float32, False, False), (torch.float32, True, False),
     (torch.float32, False, True), (torch.float16, True, True), (torch.float16, False, False)])
 def test_parity_small(dtype, with_gamma, with_row_scale):
-    assert_parity(SMALL_GROUPS, 37, 96, dtype, with_gamma, with_row_scale)
+    assert_ffn_parity(SMALL_GROUPS, 37, 96, dtype, with_gamma, with_row_scale)
 
 
 def test_unused_expert_has_no_gradient():
     """Expert 1 only has an empty group (zero gradients, as in the reference), expert 3 none (no gradient)."""
-    assert_parity([(0, 10, 0), (10, 10, 1), (10, 20, 2)], 20, 96, torch.float32, True, False, num_experts=4)
+    assert_ffn_parity([(0, 10, 0), (10, 10, 1), (10, 20, 2)], 20, 96, torch.float32, True, False, num_experts=4)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_parity_base_plus_width(dtype):
     """D = 544 (base_plus): not a multiple of the K tile, text + image groups below s."""
-    assert_parity([(0, 5, 0), (5, 5, 2), (5, 21, 1)], 21, 544, dtype, True, True)
+    assert_ffn_parity([(0, 5, 0), (5, 5, 2), (5, 21, 1)], 21, 544, dtype, True, True)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_parity_base_width(dtype):
     """D = 768 (base): one VL group over all rows, as above s."""
-    assert_parity([(0, 18, 2)], 18, 768, dtype, dtype == torch.float32, dtype == torch.float16)
+    assert_ffn_parity([(0, 18, 2)], 18, 768, dtype, dtype == torch.float32, dtype == torch.float16)
 
 
 def test_inference_path_matches_training_path():
     """Without grad the forward skips saving u and h; the output is the same."""
-    x, experts, gamma, row_scale = make_inputs(20, 96, 2, 3, True, True)
+    x, experts, gamma, row_scale = ffn_inputs(20, 96, 2, 3, True, True)
     args = (x.float(), [(0, 7, 0), (7, 20, 1)], [tuple(w.float() for w in e) for e in experts], gamma.float(),
             row_scale.float())
     with torch.no_grad():
@@ -115,7 +57,7 @@ def test_inference_path_matches_training_path():
 
 def test_weights_in_another_dtype_are_cast():
     """fp32 weights with fp16 x compute in fp16 and return fp32 weight gradients."""
-    x, experts, gamma, _ = make_inputs(16, 96, 1, 4, True, False)
+    x, experts, gamma, _ = ffn_inputs(16, 96, 1, 4, True, False)
     ws = [tuple(w.float().requires_grad_() for w in experts[0])]
     xh = x.half().requires_grad_()
     out = expert_ffn_triton(xh, [(0, 16, 0)], ws, gamma.float(), None)
@@ -133,13 +75,13 @@ def test_weights_in_another_dtype_are_cast():
     ([(0, 4, 0), (4, 10)], "start, end, expert"),
 ])
 def test_bad_groups_raise(groups, match):
-    x, experts, _, _ = make_inputs(10, 96, 1, 5, False, False)
+    x, experts, _, _ = ffn_inputs(10, 96, 1, 5, False, False)
     with pytest.raises(ValueError, match=match):
         expert_ffn_triton(x.float(), groups, [tuple(w.float() for w in experts[0])])
 
 
 def test_bad_shapes_raise():
-    x, experts, _, _ = make_inputs(10, 96, 1, 6, False, False)
+    x, experts, _, _ = ffn_inputs(10, 96, 1, 6, False, False)
     ws = [tuple(w.float() for w in experts[0])]
     with pytest.raises(ValueError, match="gamma"):
         expert_ffn_triton(x.float(), [(0, 10, 0)], ws, torch.ones(95))
@@ -154,14 +96,14 @@ def test_bad_shapes_raise():
 def test_dispatch_under_torch_compile(kernels, monkeypatch):
     """The dispatch compiles with fullgraph=True (the kernels as opaque custom ops) and matches eager."""
     monkeypatch.setenv("VLMO_FAST_KERNELS", kernels)
-    x, experts, gamma, row_scale = make_inputs(24, 96, 2, 7, True, True)
+    x, experts, gamma, row_scale = ffn_inputs(24, 96, 2, 7, True, True)
     groups = [(0, 9, 0), (9, 24, 1)]
     dy = torch.randn(24, 96, generator=torch.Generator().manual_seed(8), dtype=torch.float64).to(DEVICE)
-    eager = run(expert_ffn, x, experts, gamma, row_scale, groups, torch.float32, dy)
+    eager = run_ffn(expert_ffn, x, experts, gamma, row_scale, groups, torch.float32, dy)
     torch._dynamo.reset()
     compiled = torch.compile(expert_ffn, fullgraph=True, backend="aot_eager")
-    got = run(compiled, x, experts, gamma, row_scale, groups, torch.float32, dy)
-    for name, e, c in zip(names(experts, gamma), eager, got):
+    got = run_ffn(compiled, x, experts, gamma, row_scale, groups, torch.float32, dy)
+    for name, e, c in zip(ffn_names(experts, gamma), eager, got):
         torch.testing.assert_close(c, e, rtol=1e-5, atol=1e-5, msg=name)
 
 
@@ -169,4 +111,4 @@ def test_dispatch_under_torch_compile(kernels, monkeypatch):
 @pytest.mark.parametrize("D,T,groups", [(768, 1000, [(0, 180, 0), (180, 1000, 1)]), (544, 300, [(0, 300, 2)])])
 def test_parity_bf16_cuda(D, T, groups):
     """bf16 on the GPU (the interpreter's bf16 dot is wrong), at sizes that use the autotuned tiles."""
-    assert_parity(groups, T, D, torch.bfloat16, True, True)
+    assert_ffn_parity(groups, T, D, torch.bfloat16, True, True)

@@ -1,0 +1,162 @@
+"""Pieces shared by the packed-attention kernels (attention.py forward, attention_bwd.py backward): the tile
+decode of a program, the relative-position bias of a tile, the autotune configs and their pruning rules.
+
+Tiling: a program owns BLOCK rows of one segment (the text or the image of one pair) and walks the keys (or
+queries) of its own pair in tiles of the other block size.  Every matmul's M dimension is the owned block, so on
+Hopper a block of at least 64 rows compiles to wgmma (32-row blocks fall back to mma.sync); the walked block
+may be small.  The pruning rules keep, per dtype and head dim, only configs that compile for sm_90 within the
+227 KB of shared memory a block may use, without register spills, and (bf16/fp16) with wgmma: they are
+derived from the resource table of `python -m vlmo_fast.kernels.aot` (benchmarks/results/sm90_resources.md),
+and a test compiles every kept config to check them.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from .relpos import num_image_rows, table_rows
+from .tuning import pick_configs
+
+LOG2E = tl.constexpr(1.4426950408889634)  # softmax runs in base 2: exp2 is one instruction, exp is not
+
+
+def _config(block_m: int, block_n: int, warps: int, stages: int) -> triton.Config:
+    return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=warps, num_stages=stages)
+
+
+# Forward and dq: a program owns BLOCK_M query rows and walks BLOCK_N keys at a time.
+QUERY_CONFIGS = [_config(*c) for c in ((128, 64, 8, 3), (128, 32, 8, 3), (64, 64, 4, 3), (64, 32, 4, 2))]
+# dk/dv: a program owns BLOCK_N key rows and walks BLOCK_M queries at a time (Triton's fused-attention
+# tutorial and FlashAttention-2 order the backward the same way: the owned block is the MMA's M).
+KEY_CONFIGS = [_config(*c) for c in ((32, 128, 8, 2), (64, 128, 8, 2), (32, 64, 4, 3), (64, 64, 4, 2))]
+# The interpreter's single tile: small, so that tests on tiny shapes cover several tiles per segment.
+INTERPRET_CONFIGS = [_config(16, 16, 1, 1)]
+
+
+def query_configs() -> list[triton.Config]:
+    return pick_configs(QUERY_CONFIGS, INTERPRET_CONFIGS)
+
+
+def key_configs() -> list[triton.Config]:
+    return pick_configs(KEY_CONFIGS, INTERPRET_CONFIGS)
+
+
+def _dtype_class(named_args: dict) -> str:
+    q = named_args.get("Q")
+    return "fp32" if q is None or q.dtype == torch.float32 else "half"
+
+
+def _owned(c: triton.Config, key_tiles: bool) -> int:
+    return c.kwargs["BLOCK_N"] if key_tiles else c.kwargs["BLOCK_M"]
+
+
+def _fits(c: triton.Config, block_d: int, dtype_class: str, key_tiles: bool, has_bias: bool) -> bool:
+    """The sm_90 rules of the resource table, per kernel family (see the module docstring)."""
+    owned = _owned(c, key_tiles)
+    walked = c.kwargs["BLOCK_M"] if key_tiles else c.kwargs["BLOCK_N"]
+    if dtype_class == "fp32":  # IEEE fp32 dots run on FMA units: keep tiles whose operands stay small
+        return owned * block_d <= 64 * 64 and walked * block_d <= 64 * 64
+    if block_d >= 128:  # the widest heads: 64-row blocks, 4 warps, a 2-stage pipeline
+        return owned == 64 and c.num_warps == 4 and c.num_stages <= 2 + (not key_tiles)
+    if key_tiles:  # dk/dv: two (BLOCK_N, BLOCK_D) accumulators live through the loop
+        return walked == 32 or (walked == 64 and owned == 64)
+    return not (has_bias and owned == 128 and c.kwargs["BLOCK_N"] == 64)
+
+
+def _prune(configs: list[triton.Config], named_args: dict, key_tiles: bool, **kwargs) -> list[triton.Config]:
+    block_d = kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 64))
+    has_bias = kwargs.get("HAS_BIAS", named_args.get("HAS_BIAS", True))
+    dtype_class = _dtype_class(named_args)
+    kept = [c for c in configs if _fits(c, block_d, dtype_class, key_tiles, has_bias)]
+    return kept or configs[-1:]
+
+
+def prune_query_configs(configs, named_args, **kwargs):
+    return _prune(configs, named_args, key_tiles=False, **kwargs)
+
+
+def prune_key_configs(configs, named_args, **kwargs):
+    return _prune(configs, named_args, key_tiles=True, **kwargs)
+
+
+def block_d(head_dim: int) -> int:
+    """Head dim padded to a power of two, at least 16 (the smallest tl.dot operand)."""
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+def rows_major(t: Tensor) -> Tensor:
+    """The kernels stride over rows and heads but need the head dim contiguous."""
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def head_columns(table: Tensor) -> Tensor:
+    """The kernels step one column per head (TableH = Table + h)."""
+    return table if table.stride(1) == 1 else table.contiguous()
+
+
+def geometry(table: Tensor | None, window: int, l0: int) -> tuple[int, int]:
+    """(NRD, R) of the table, or zeros without a bias."""
+    return (num_image_rows(window), table_rows(window, l0)) if table is not None else (0, 0)
+
+
+# _segment_tile: which rows program_id(0) owns.  Each pair is cut into tiles of BLOCK rows, first over its text
+# segment (TextLen rows, padded to max_text tiles), then over its image segment (max_image).  Returns the pair,
+# whether the tile is text, its first in-segment position, and the segment's first row and length.
+@triton.jit
+def segment_tile(TextStart, TextLen, ImageStart, ImageLen, max_text, max_image, BLOCK: tl.constexpr):
+    n_text = tl.cdiv(max_text, BLOCK)
+    per_pair = n_text + tl.cdiv(max_image, BLOCK)
+    pair = tl.program_id(0) // per_pair
+    tile = tl.program_id(0) % per_pair
+    is_text = tile < n_text
+    pos0 = tl.where(is_text, tile, tile - n_text) * BLOCK
+    seg_start = tl.where(is_text, tl.load(TextStart + pair), tl.load(ImageStart + pair))
+    seg_len = tl.where(is_text, tl.load(TextLen + pair), tl.load(ImageLen + pair))
+    return pair, is_text, pos0, seg_start, seg_len
+
+
+# load_rows: a (len(rows), BLOCK_D) tile of rows `rows` (int64) of a (T, ., dh) tensor at Ptr (one head's start),
+# rows `stride` apart, masked to real rows and the first HEAD_DIM columns.
+@triton.jit
+def load_rows(Ptr, rows, row_mask, stride, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    offs_d = tl.arange(0, BLOCK_D)
+    mask = row_mask[:, None] & (offs_d < HEAD_DIM)[None, :]
+    return tl.load(Ptr + rows[:, None] * stride + offs_d[None, :], mask=mask, other=0.0)
+
+
+# bias: the relative-position bias of broadcastable in-segment positions q_pos and k_pos (int32; e.g. (M, 1)
+# and (1, N) for a query-major tile, (1, M) and (N, 1) for a key-major one), read from one head's column of the
+# table at TableH (rows `stride_tr` apart), fp32.  `mask` marks real entries (the others may index outside the
+# table).  window, l0, nrd, num_rows: the table geometry of kernels/relpos.py (W, L0, NRD, R).  Q_TEXT, K_TEXT
+# are compile-time: cross-modal tiles read a single table entry.
+@triton.jit
+def bias(TableH, q_pos, k_pos, mask, stride_tr, window, l0, nrd, num_rows,
+         Q_TEXT: tl.constexpr, K_TEXT: tl.constexpr):
+    if Q_TEXT and K_TEXT:
+        row = nrd + l0 + (k_pos - q_pos)
+        q0 = q_pos == 0
+        k0 = k_pos == 0
+        row = tl.where(q0, num_rows - 3, row)
+        row = tl.where(k0, num_rows - 2, row)
+        row = tl.where(q0 & k0, num_rows - 1, row)
+        b = tl.load(TableH + row.to(tl.int64) * stride_tr, mask=mask, other=0.0).to(tl.float32)
+    elif Q_TEXT:
+        b = tl.load(TableH + nrd * stride_tr).to(tl.float32)  # text query -> image key: one row
+    elif K_TEXT:
+        b = tl.load(TableH + (nrd + 1) * stride_tr).to(tl.float32)  # image query -> text key: one row
+    else:
+        # patch position 1 + r*W + c; the image [CLS] (position 0) has its own rows
+        q_r = (q_pos - 1) // window
+        q_c = (q_pos - 1) - q_r * window
+        k_r = (k_pos - 1) // window
+        k_c = (k_pos - 1) - k_r * window
+        row = (q_r - k_r + window - 1) * (2 * window - 1) + (q_c - k_c + window - 1)
+        q0 = q_pos == 0
+        k0 = k_pos == 0
+        row = tl.where(q0, nrd - 3, row)
+        row = tl.where(k0, nrd - 2, row)
+        row = tl.where(q0 & k0, nrd - 1, row)
+        b = tl.load(TableH + row.to(tl.int64) * stride_tr, mask=mask, other=0.0).to(tl.float32)
+    return b
