@@ -1,14 +1,34 @@
 """vlmo-fast: build and install.
 
 The C++ extension vlmo_fast._C (csrc/) is built with the installed torch, so install with
-`pip install --no-build-isolation` after torch.  Its CUDA kernels are built only where torch has CUDA;
+`pip install --no-build-isolation` after torch.  Its CUDA kernels are built only where torch has CUDA and the
+nvcc that torch compiles with exists (csrc/cuda_build.py; else the CPU kernels and one warning);
 VLMO_FAST_SKIP_CUDA_BUILD=1 skips them, VLMO_FAST_SKIP_EXT_BUILD=1 skips the extension altogether (the
 package then runs on its torch references).
 """
 import glob
+import importlib.util
 import os
+import shutil
+import sys
+import warnings
 
 from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def cuda_build_decision(torch):
+    """csrc/cuda_build.py's decision for this machine (loaded by path: csrc is not a package)."""
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    spec = importlib.util.spec_from_file_location("cuda_build", os.path.join(HERE, "csrc", "cuda_build.py"))
+    cuda_build = sys.modules["cuda_build"] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cuda_build)
+    return cuda_build.decide(torch_cuda=torch.version.cuda, cuda_home=CUDA_HOME, nvcc_on_path=shutil.which("nvcc"),
+                             skip=os.environ.get("VLMO_FAST_SKIP_CUDA_BUILD", "0") == "1",
+                             has_cuda_sources=bool(glob.glob("csrc/*.cu")))
+
 
 ext_modules, cmdclass = [], {}
 if os.environ.get("VLMO_FAST_SKIP_EXT_BUILD", "0") != "1" and glob.glob("csrc/*.cpp"):
@@ -16,10 +36,11 @@ if os.environ.get("VLMO_FAST_SKIP_EXT_BUILD", "0") != "1" and glob.glob("csrc/*.
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
     sources = sorted(glob.glob("csrc/*.cpp"))
-    cuda = (torch.version.cuda is not None and os.environ.get("VLMO_FAST_SKIP_CUDA_BUILD", "0") != "1"
-            and glob.glob("csrc/*.cu"))
+    cuda = cuda_build_decision(torch)
+    if cuda.warning:
+        warnings.warn(cuda.warning, stacklevel=1)
     extra = {"cxx": ["-O3", "-std=c++17", "-fopenmp"]}
-    if cuda:
+    if cuda.build:
         extra["nvcc"] = ["-O3", "-std=c++17"]
         ext = CUDAExtension("vlmo_fast._C", sources + sorted(glob.glob("csrc/*.cu")), define_macros=[("VLMO_FAST_WITH_CUDA", None)],
                             extra_compile_args=extra, extra_link_args=["-fopenmp"])

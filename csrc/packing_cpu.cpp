@@ -70,7 +70,9 @@ void mask_lengths(const uint8_t* mask, int64_t P, int64_t L, int32_t* lens) {
 
 void plan(const int32_t* lens, int64_t P, int32_t image_len, int32_t pad, int32_t* text_start, int32_t* text_q_len,
           int32_t* text_k_len, int32_t* image_start, int32_t* image_len_out, int64_t* stats) {
-  // A prefix sum over P (a few hundred pairs): serial is faster than any split.
+  // A prefix sum over P (a few hundred pairs): serial is faster than any split.  The int32 starts are exact:
+  // pack_plan refuses a layout whose rows exceed kInt32Limit (checked before the call where the host knows the
+  // count, from stats[0] after it otherwise).
   int64_t total = 0;
   int32_t max_q = 0, min_k = std::numeric_limits<int32_t>::max(), max_k = std::numeric_limits<int32_t>::min();
   for (int64_t p = 0; p < P; ++p) {
@@ -98,7 +100,7 @@ void row_pair(const int32_t* text_start, const int32_t* text_q_len, const int32_
               int32_t image_len, int32_t* row_pair) {
   at::parallel_for(0, P, grain_for((image_len + 64) * 4), [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
-      const int32_t v = static_cast<int32_t>(p);
+      const int32_t v = static_cast<int32_t>(p);  // plan_row_pair refuses P > kInt32Limit
       std::fill_n(row_pair + text_start[p], std::max<int32_t>(text_q_len[p], 0), v);
       std::fill_n(row_pair + image_start[p], image_len, v);
     }
@@ -122,6 +124,13 @@ void copy_segments(const void* src, void* dst, const int32_t* start, const int32
       }
     }
   });
+}
+
+int64_t first_bad_segment(const int32_t* start, const int32_t* len, int64_t P, int64_t seg_rows, int64_t num_rows) {
+  // A few hundred pairs, read once: serial.
+  for (int64_t p = 0; p < P; ++p)
+    if (!segment_ok(start[p], len ? len[p] : seg_rows, seg_rows, num_rows)) return p;
+  return -1;
 }
 
 void scatter_add(const void* src, void* dst, const int32_t* start, int64_t P, int64_t D, FloatType type) {

@@ -80,6 +80,8 @@ __global__ void plan_kernel(const int32_t* __restrict__ lens, int64_t P, int32_t
     __syncthreads();
     if (warp > 0) incl += warp_total[warp - 1];
     if (live) {
+      // Exact when the layout's rows fit in int32: pack_plan checks that on the host where it knows the count
+      // (padded text), otherwise the caller does from stats[0], which is exact (64-bit), before any use.
       text_start[p] = static_cast<int32_t>(carry + incl - q);
       text_q_len[p] = q;
       text_k_len[p] = k;
@@ -162,9 +164,9 @@ const char* launch_copy(const void* src, void* dst, const int32_t* start, const 
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// scatter_add: src (P, D) into zeroed dst (num_rows, D).  Deterministic without atomics: the block of pair p
-// writes row start[p] only if p is the first pair with that start, summing every pair sharing it in order of p
-// in float (double for double) and rounding once, as the CPU kernel does.
+// scatter_add: src (P, D) into zeroed dst (num_rows, D).  Deterministic without atomics, as the CPU kernel: the
+// pairs come sorted by start row (stably), the block of the first pair of each group writes that row, summing
+// the group in order of p in float (double for double) and rounding once.
 __device__ __forceinline__ float widen(float v) { return v; }
 __device__ __forceinline__ double widen(double v) { return v; }
 __device__ __forceinline__ float widen(__half v) { return __half2float(v); }
@@ -175,18 +177,18 @@ template <> __device__ __forceinline__ __half narrow<__half>(float v) { return _
 template <> __device__ __forceinline__ __nv_bfloat16 narrow<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
 
 template <typename T>
-__global__ void scatter_add_kernel(const T* __restrict__ src, T* __restrict__ dst, const int32_t* __restrict__ start,
-                                   int64_t P, int64_t D, int64_t num_rows) {
-  const int64_t p = blockIdx.x;
-  const int32_t row = start[p];
+__global__ void scatter_add_kernel(const T* __restrict__ src, T* __restrict__ dst, const int64_t* __restrict__ order,
+                                   const int32_t* __restrict__ sorted_start, int64_t P, int64_t D, int64_t num_rows) {
+  const int64_t i = blockIdx.x;
+  const int32_t row = sorted_start[i];
+  if (i > 0 && sorted_start[i - 1] == row) return;  // not the first of its group: that block sums the group
   if (row < 0 || row >= num_rows) return;
-  for (int64_t q = 0; q < p; ++q)  // uniform across the block: every thread reads the same starts
-    if (start[q] == row) return;
+  int64_t end = i + 1;  // the group is order[i, end); each pair is visited by one block only: linear in P
+  while (end < P && sorted_start[end] == row) ++end;
   for (int64_t d = blockIdx.y * static_cast<int64_t>(blockDim.x) + threadIdx.x; d < D;
        d += static_cast<int64_t>(gridDim.y) * blockDim.x) {
     decltype(widen(T{})) acc = 0;
-    for (int64_t q = p; q < P; ++q)
-      if (start[q] == row) acc += widen(src[q * D + d]);
+    for (int64_t j = i; j < end; ++j) acc += widen(src[order[j] * D + d]);
     if constexpr (sizeof(acc) == sizeof(double)) {
       dst[row * D + d] = acc;
     } else {
@@ -196,8 +198,8 @@ __global__ void scatter_add_kernel(const T* __restrict__ src, T* __restrict__ ds
 }
 
 template <typename T>
-const char* launch_scatter_add(const void* src, void* dst, const int32_t* start, int64_t P, int64_t D,
-                               int64_t num_rows, cudaStream_t stream) {
+const char* launch_scatter_add(const void* src, void* dst, const int64_t* order, const int32_t* sorted_start,
+                               int64_t P, int64_t D, int64_t num_rows, cudaStream_t stream) {
   if (cudaMemsetAsync(dst, 0, num_rows * D * static_cast<int64_t>(sizeof(T)), stream) != cudaSuccess)
     return launch_status();
   if (P == 0 || D == 0) return nullptr;
@@ -205,9 +207,21 @@ const char* launch_scatter_add(const void* src, void* dst, const int32_t* start,
   int64_t col_blocks = (D + kThreads - 1) / kThreads;
   col_blocks = col_blocks > 65535 ? 65535 : col_blocks;
   const dim3 grid(static_cast<unsigned>(P), static_cast<unsigned>(col_blocks));
-  scatter_add_kernel<T><<<grid, kThreads, 0, stream>>>(static_cast<const T*>(src), static_cast<T*>(dst), start, P,
-                                                       D, num_rows);
+  scatter_add_kernel<T><<<grid, kThreads, 0, stream>>>(static_cast<const T*>(src), static_cast<T*>(dst), order,
+                                                       sorted_start, P, D, num_rows);
   return launch_status();
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// first_bad_segment: the smallest p whose segment fails segment_ok, by an atomic min over the pairs into a value
+// preset to all ones (-1 as int64, the "all pass" answer).
+__global__ void first_bad_segment_kernel(const int32_t* __restrict__ start, const int32_t* __restrict__ len,
+                                         int64_t P, int64_t seg_rows, int64_t num_rows,
+                                         unsigned long long* __restrict__ first_bad) {
+  const int64_t p = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (p >= P) return;
+  if (!segment_ok(start[p], len ? len[p] : seg_rows, seg_rows, num_rows))
+    atomicMin(first_bad, static_cast<unsigned long long>(p));
 }
 
 }  // namespace
@@ -254,14 +268,27 @@ const char* copy_segments(const void* src, void* dst, const int32_t* start, cons
   return launch_copy<uint8_t>(src, dst, start, len, P, seg_rows, row_bytes, num_packed_rows, to_packed, s);
 }
 
-const char* scatter_add(const void* src, void* dst, const int32_t* start, int64_t P, int64_t D, int64_t num_rows,
-                        FloatType type, void* stream) {
+const char* first_bad_segment(const int32_t* start, const int32_t* len, int64_t P, int64_t seg_rows,
+                              int64_t num_rows, int64_t* first_bad, void* stream) {
+  auto s = static_cast<cudaStream_t>(stream);
+  if (cudaMemsetAsync(first_bad, 0xff, sizeof(int64_t), s) != cudaSuccess) return launch_status();
+  if (P == 0) return nullptr;
+  const int64_t blocks = (P + kThreads - 1) / kThreads;
+  if (blocks > INT_MAX) return "vlmo_fast: too many pairs for one check launch";
+  first_bad_segment_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, s>>>(
+      start, len, P, seg_rows, num_rows, reinterpret_cast<unsigned long long*>(first_bad));
+  return launch_status();
+}
+
+const char* scatter_add(const void* src, void* dst, const int64_t* order, const int32_t* sorted_start, int64_t P,
+                        int64_t D, int64_t num_rows, FloatType type, void* stream) {
   auto s = static_cast<cudaStream_t>(stream);
   switch (type) {
-    case FloatType::kFloat32: return launch_scatter_add<float>(src, dst, start, P, D, num_rows, s);
-    case FloatType::kFloat64: return launch_scatter_add<double>(src, dst, start, P, D, num_rows, s);
-    case FloatType::kFloat16: return launch_scatter_add<__half>(src, dst, start, P, D, num_rows, s);
-    case FloatType::kBFloat16: return launch_scatter_add<__nv_bfloat16>(src, dst, start, P, D, num_rows, s);
+    case FloatType::kFloat32: return launch_scatter_add<float>(src, dst, order, sorted_start, P, D, num_rows, s);
+    case FloatType::kFloat64: return launch_scatter_add<double>(src, dst, order, sorted_start, P, D, num_rows, s);
+    case FloatType::kFloat16: return launch_scatter_add<__half>(src, dst, order, sorted_start, P, D, num_rows, s);
+    case FloatType::kBFloat16:
+      return launch_scatter_add<__nv_bfloat16>(src, dst, order, sorted_start, P, D, num_rows, s);
   }
   return "vlmo_fast: unknown scatter_add type";
 }

@@ -12,7 +12,24 @@
 
 #include <cstdint>
 
+#ifdef __CUDACC__
+#define VLMO_FAST_HOST_DEVICE __host__ __device__
+#else
+#define VLMO_FAST_HOST_DEVICE
+#endif
+
 namespace vlmo_fast {
+
+// The largest packed row index, pair index or segment length that int32 metadata can hold.
+constexpr int64_t kInt32Limit = 2147483647;
+
+// Whether pair p's segment lies inside the tensors: `rows` rows (len[p], or seg_rows when there is no len)
+// within [0, seg_rows], and, when not empty, starting at `start` inside the num_rows packed rows.  One rule
+// for both devices: the CPU ops check every pair with it on the host, the CUDA ops on the device.
+VLMO_FAST_HOST_DEVICE inline bool segment_ok(int64_t start, int64_t rows, int64_t seg_rows, int64_t num_rows) {
+  if (rows < 0 || rows > seg_rows) return false;
+  return rows == 0 || (start >= 0 && start + rows <= num_rows);  // an empty segment touches no row
+}
 
 // Element type of scatter_add, the only kernel that adds.
 enum class FloatType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
@@ -37,6 +54,9 @@ void row_pair(const int32_t* text_start, const int32_t* text_q_len, const int32_
 void copy_segments(const void* src, void* dst, const int32_t* start, const int32_t* len, int64_t P,
                    int64_t seg_rows, int64_t row_bytes, bool to_packed);
 
+// The first pair p whose segment fails segment_ok, or -1 when all pass (len == nullptr: seg_rows rows each).
+int64_t first_bad_segment(const int32_t* start, const int32_t* len, int64_t P, int64_t seg_rows, int64_t num_rows);
+
 // dst (num_rows, D) must be zeroed; dst[start[p]] += src[p] for p = 0..P-1.  Deterministic: the pairs sharing
 // a row are summed in order of p in float (double for float64) and rounded once to the element type.
 void scatter_add(const void* src, void* dst, const int32_t* start, int64_t P, int64_t D, FloatType type);
@@ -46,9 +66,13 @@ void scatter_add(const void* src, void* dst, const int32_t* start, int64_t P, in
 namespace cuda {
 
 // Same contracts as the cpu namespace, launched on `stream` (a cudaStream_t).  Each returns nullptr on
-// success or the CUDA error string of the launch.  No launcher reads device memory on the host (no sync);
-// indices out of range are skipped instead of faulting, so the caller validates metadata where it can.
+// success or the CUDA error string of the launch.  No launcher reads device memory on the host (no sync):
+// the caller validates the metadata with first_bad_segment and reads its one result before it launches
+// the kernel that trusts it; the kernels still skip indices out of range instead of faulting.
 const char* mask_lengths(const uint8_t* mask, int64_t P, int64_t L, int32_t* lens, void* stream);
+// Writes into *first_bad (device memory, int64) the cpu::first_bad_segment result.
+const char* first_bad_segment(const int32_t* start, const int32_t* len, int64_t P, int64_t seg_rows,
+                              int64_t num_rows, int64_t* first_bad, void* stream);
 const char* plan(const int32_t* lens, int64_t P, int32_t image_len, int32_t pad, int32_t* text_start,
                  int32_t* text_q_len, int32_t* text_k_len, int32_t* image_start, int32_t* image_len_out,
                  int64_t* stats, void* stream);
@@ -57,9 +81,11 @@ const char* row_pair(const int32_t* text_start, const int32_t* text_q_len, const
 const char* copy_segments(const void* src, void* dst, const int32_t* start, const int32_t* len, int64_t P,
                           int64_t seg_rows, int64_t row_bytes, int64_t num_packed_rows, bool to_packed,
                           void* stream);
-// Zeroes dst (num_rows, D) itself, then adds.
-const char* scatter_add(const void* src, void* dst, const int32_t* start, int64_t P, int64_t D, int64_t num_rows,
-                        FloatType type, void* stream);
+// Zeroes dst (num_rows, D) itself, then adds.  `order` lists the pairs sorted by start, ties in order of p
+// (a stable sort, done by the caller), and sorted_start[i] = start[order[i]]: each group of pairs sharing a
+// row is then contiguous, and one block sums it, so the work is linear in P.
+const char* scatter_add(const void* src, void* dst, const int64_t* order, const int32_t* sorted_start, int64_t P,
+                        int64_t D, int64_t num_rows, FloatType type, void* stream);
 
 }  // namespace cuda
 }  // namespace vlmo_fast

@@ -9,7 +9,9 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <initializer_list>
 #include <tuple>
+#include <vector>
 
 #ifdef VLMO_FAST_WITH_CUDA
 #include <c10/cuda/CUDAGuard.h>
@@ -32,8 +34,6 @@
 namespace vlmo_fast {
 namespace {
 
-constexpr int64_t kInt32Max = 2147483647;
-
 const int32_t* i32(const at::Tensor& t) { return t.const_data_ptr<int32_t>(); }
 
 // Metadata vectors are (P,) int32 on the data's device; contiguity is enforced by the caller's .contiguous().
@@ -44,20 +44,52 @@ at::Tensor meta(const at::Tensor& t, int64_t P, const at::Device& dev, const cha
   return t.contiguous();
 }
 
-// On the CPU the metadata is readable for free, so the bounds that the CUDA kernels can only guard are checked.
-void check_segments(const at::Tensor& start, const at::Tensor* len, int64_t seg_rows, int64_t num_rows,
-                    const char* what) {
-  if (start.is_cuda()) return;
-  const int32_t* s = i32(start);
-  const int32_t* n = len ? i32(*len) : nullptr;
-  for (int64_t p = 0; p < start.size(0); ++p) {
-    const int64_t rows = n ? n[p] : seg_rows;
-    TORCH_CHECK(rows >= 0 && rows <= seg_rows, "vlmo_fast: pair ", p, " has ", rows, " ", what,
-                " rows, outside [0, ", seg_rows, "]");
-    if (rows == 0) continue;  // an empty segment touches no row, wherever it starts
-    TORCH_CHECK(s[p] >= 0 && s[p] + rows <= num_rows, "vlmo_fast: pair ", p, "'s ", what, " segment [", s[p], ", ",
-                s[p] + rows, ") lies outside the ", num_rows, " packed rows");
+// One kind of segment of every pair: pair p's rows start at start[p] and number len[p] (no len: seg_rows).
+struct Segments {
+  const at::Tensor& start;
+  const at::Tensor* len;
+  int64_t seg_rows;
+  const char* what;
+};
+
+// Refuses segments outside the tensors (segment_ok), with the same message on both devices.  On the CPU the
+// metadata is read where it lies; on CUDA a kernel finds the first bad pair of each kind and the host reads
+// those few int64 in one transfer, so a CUDA op reads the device once, before any kernel trusts the metadata.
+void check_segments(std::initializer_list<Segments> kinds, int64_t num_rows) {
+  std::vector<int64_t> first_bad;
+  const at::Tensor& any_start = kinds.begin()->start;
+  if (any_start.is_cuda()) {
+    at::Tensor found = at::empty({static_cast<int64_t>(kinds.size())}, any_start.options().dtype(at::kLong));
+    [[maybe_unused]] int64_t* out = found.mutable_data_ptr<int64_t>();  // unused in a CPU-only build
+    for (const Segments& k : kinds) {
+      [[maybe_unused]] const int32_t* n = k.len ? i32(*k.len) : nullptr;
+      VLMO_FAST_CUDA_LAUNCH(k.start, cuda::first_bad_segment(i32(k.start), n, k.start.size(0), k.seg_rows,
+                                                             num_rows, out++, stream));
+    }
+    const at::Tensor host = found.cpu();
+    first_bad.assign(host.const_data_ptr<int64_t>(), host.const_data_ptr<int64_t>() + host.numel());
+  } else {
+    for (const Segments& k : kinds)
+      first_bad.push_back(cpu::first_bad_segment(i32(k.start), k.len ? i32(*k.len) : nullptr, k.start.size(0),
+                                                 k.seg_rows, num_rows));
   }
+  auto bad = first_bad.begin();
+  for (const Segments& k : kinds) {
+    const int64_t p = *bad++;
+    if (p < 0) continue;
+    const int64_t rows = k.len ? (*k.len)[p].item<int64_t>() : k.seg_rows, start = k.start[p].item<int64_t>();
+    TORCH_CHECK(rows >= 0 && rows <= k.seg_rows, "vlmo_fast: pair ", p, " has ", rows, " ", k.what,
+                " rows, outside [0, ", k.seg_rows, "]");
+    TORCH_CHECK(false, "vlmo_fast: pair ", p, "'s ", k.what, " segment [", start, ", ", start + rows,
+                ") lies outside the ", num_rows, " packed rows");
+  }
+}
+
+// Every packed row index is int32 (PackedLayout), so the layout's rows must fit in one.
+void check_row_count(int64_t text_rows, int64_t P, int64_t image_len) {
+  const int64_t rows = text_rows + P * image_len;
+  TORCH_CHECK(rows <= kInt32Limit, "vlmo_fast: the packed layout would have ", rows, " rows (", text_rows,
+              " text + ", P, " pairs x ", image_len, " image), over the int32 row-index limit of ", kInt32Limit);
 }
 
 FloatType float_type(const at::Tensor& t) {
@@ -91,6 +123,8 @@ at::Tensor mask_lengths(const at::Tensor& mask) {
   TORCH_CHECK(mask.dim() == 2, "vlmo_fast: the text mask must be (P, L), got ", mask.sizes());
   TORCH_CHECK(mask.scalar_type() == at::kBool || mask.scalar_type() == at::kByte,
               "vlmo_fast: mask_lengths takes a bool or uint8 mask, got ", mask.scalar_type());
+  TORCH_CHECK(mask.size(1) <= kInt32Limit, "vlmo_fast: the text mask has ", mask.size(1),
+              " positions, over the int32 length limit of ", kInt32Limit);
   at::Tensor m = mask.contiguous();
   if (m.scalar_type() == at::kBool) m = m.view(at::kByte);  // bool is stored as one byte, 0 or 1
   const int64_t P = m.size(0), L = m.size(1);
@@ -109,11 +143,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
     const at::Tensor& text_lens, int64_t image_len, int64_t text_q_len) {
   TORCH_CHECK(text_lens.dim() == 1 && text_lens.scalar_type() == at::kInt,
               "vlmo_fast: text_lens must be a 1-D int32 tensor, got ", text_lens.scalar_type(), " ", text_lens.sizes());
-  TORCH_CHECK(image_len >= 0 && image_len <= kInt32Max, "vlmo_fast: image_len must be in [0, 2^31), got ", image_len);
-  TORCH_CHECK(text_q_len >= -1 && text_q_len <= kInt32Max,
+  TORCH_CHECK(image_len >= 0 && image_len <= kInt32Limit, "vlmo_fast: image_len must be in [0, 2^31), got ", image_len);
+  TORCH_CHECK(text_q_len >= -1 && text_q_len <= kInt32Limit,
               "vlmo_fast: text_q_len must be -1 (drop padding) or a padded length >= 0, got ", text_q_len);
+  const int64_t P = text_lens.size(0);
+  TORCH_CHECK(P <= kInt32Limit, "vlmo_fast: ", P, " pairs, over the int32 pair-index limit of ", kInt32Limit);
+  // What the host knows before the kernel runs: the image rows, and all rows when text segments are padded.
+  check_row_count(text_q_len >= 0 ? P * text_q_len : 0, P, image_len);
   const at::Tensor lens = text_lens.contiguous();
-  const int64_t P = lens.size(0);
   const auto opt = lens.options();
   at::Tensor start = at::empty({P}, opt), q = at::empty({P}, opt), k = at::empty({P}, opt);
   at::Tensor istart = at::empty({P}, opt), ilen = at::empty({P}, opt);
@@ -126,6 +163,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   } else {
     cpu::plan(i32(lens), P, static_cast<int32_t>(image_len), static_cast<int32_t>(text_q_len), out(start), out(q),
               out(k), out(istart), out(ilen), stats.mutable_data_ptr<int64_t>());
+    // The exact text rows are known now.  A negative length (stats[2] < 0) makes the plan invalid anyway;
+    // the caller reports that.  On CUDA the caller reads stats once and plan_row_pair checks the total.
+    const int64_t* st = stats.const_data_ptr<int64_t>();
+    if (st[2] >= 0) check_row_count(st[0], P, image_len);
   }
   return {start, q, k, istart, ilen, stats};
 }
@@ -134,12 +175,14 @@ at::Tensor plan_row_pair(const at::Tensor& text_start, const at::Tensor& text_q_
                          int64_t image_len, int64_t num_rows) {
   const int64_t P = text_start.size(0);
   const at::Device dev = text_start.device();
-  TORCH_CHECK(image_len >= 0 && image_len <= kInt32Max && num_rows >= 0 && num_rows <= kInt32Max,
-              "vlmo_fast: image_len and num_rows must be in [0, 2^31), got ", image_len, " and ", num_rows);
+  TORCH_CHECK(image_len >= 0 && num_rows >= 0, "vlmo_fast: image_len and num_rows must be >= 0, got ", image_len,
+              " and ", num_rows);
+  TORCH_CHECK(num_rows <= kInt32Limit, "vlmo_fast: the packed layout has ", num_rows,
+              " rows, over the int32 row-index limit of ", kInt32Limit);
+  TORCH_CHECK(P <= kInt32Limit, "vlmo_fast: ", P, " pairs, over the int32 pair-index limit of ", kInt32Limit);
   const at::Tensor s = meta(text_start, P, dev, "text_start"), q = meta(text_q_len, P, dev, "text_q_len");
   const at::Tensor is = meta(image_start, P, dev, "image_start");
-  check_segments(s, &q, kInt32Max, num_rows, "text");
-  check_segments(is, nullptr, image_len, num_rows, "image");
+  check_segments({{s, &q, kInt32Limit, "text"}, {is, nullptr, image_len, "image"}}, num_rows);
   at::Tensor row_pair = at::empty({num_rows}, s.options());
   if (P == 0 || num_rows == 0) return row_pair;
   if (s.is_cuda()) {
@@ -160,18 +203,21 @@ at::Tensor pack_rows(const at::Tensor& text, const std::optional<at::Tensor>& im
   const at::Tensor s = meta(text_start, P, dev, "text_start"), q = meta(text_q_len, P, dev, "text_q_len");
   const at::Tensor is = meta(image_start, P, dev, "image_start");
   const at::Tensor t = text.contiguous();
-  at::Tensor out = at::empty({num_rows, D}, t.options());
-  check_segments(s, &q, t.size(1), num_rows, "text");
-  copy_segments(t, out, s, &q, /*to_packed=*/true);
-  if (image.has_value()) {
-    const at::Tensor im = image->contiguous();
-    TORCH_CHECK(im.dim() == 3 && im.size(0) == P && im.size(2) == D, "vlmo_fast: image must be (", P, ", N, ", D,
-                ") to match the text, got ", im.sizes());
-    TORCH_CHECK(im.scalar_type() == t.scalar_type() && im.device() == dev,
-                "vlmo_fast: image and text must share dtype and device");
-    check_segments(is, nullptr, im.size(1), num_rows, "image");
-    copy_segments(im, out, is, nullptr, /*to_packed=*/true);
+  if (!image.has_value()) {
+    check_segments({{s, &q, t.size(1), "text"}}, num_rows);
+    at::Tensor out = at::empty({num_rows, D}, t.options());
+    copy_segments(t, out, s, &q, /*to_packed=*/true);
+    return out;
   }
+  const at::Tensor im = image->contiguous();
+  TORCH_CHECK(im.dim() == 3 && im.size(0) == P && im.size(2) == D, "vlmo_fast: image must be (", P, ", N, ", D,
+              ") to match the text, got ", im.sizes());
+  TORCH_CHECK(im.scalar_type() == t.scalar_type() && im.device() == dev,
+              "vlmo_fast: image and text must share dtype and device");
+  check_segments({{s, &q, t.size(1), "text"}, {is, nullptr, im.size(1), "image"}}, num_rows);
+  at::Tensor out = at::empty({num_rows, D}, t.options());
+  copy_segments(t, out, s, &q, /*to_packed=*/true);
+  copy_segments(im, out, is, nullptr, /*to_packed=*/true);
   return out;
 }
 
@@ -188,8 +234,7 @@ std::tuple<at::Tensor, at::Tensor> unpack_rows(const at::Tensor& x, const at::Te
   const at::Tensor xc = x.contiguous();
   at::Tensor text = at::empty({P, padded_len, D}, xc.options());
   at::Tensor image = at::empty({P, image_len, D}, xc.options());
-  check_segments(s, &q, padded_len, T, "text");
-  check_segments(is, nullptr, image_len, T, "image");
+  check_segments({{s, &q, padded_len, "text"}, {is, nullptr, image_len, "image"}}, T);
   copy_segments(text, xc, s, &q, /*to_packed=*/false);
   copy_segments(image, xc, is, nullptr, /*to_packed=*/false);
   return {text, image};
@@ -200,7 +245,7 @@ at::Tensor gather_rows(const at::Tensor& x, const at::Tensor& starts) {
   const int64_t P = starts.size(0);
   const at::Tensor s = meta(starts, P, x.device(), "starts");
   const at::Tensor xc = x.contiguous();
-  check_segments(s, nullptr, 1, xc.size(0), "gathered");
+  check_segments({{s, nullptr, 1, "gathered"}}, xc.size(0));
   at::Tensor out = at::empty({P, 1, xc.size(1)}, xc.options());
   copy_segments(out, xc, s, nullptr, /*to_packed=*/false);  // one row per pair, read at starts[p]
   return out.view({P, xc.size(1)});
@@ -213,11 +258,15 @@ at::Tensor scatter_rows_add(const at::Tensor& src, const at::Tensor& starts, int
   const at::Tensor s = meta(starts, P, src.device(), "starts");
   const at::Tensor sc = src.contiguous();
   const FloatType type = float_type(sc);
-  check_segments(s, nullptr, 1, num_rows, "scattered");
+  check_segments({{s, nullptr, 1, "scattered"}}, num_rows);
   if (sc.is_cuda()) {
     at::Tensor out = at::empty({num_rows, D}, sc.options());
     if (num_rows * D == 0) return out;
-    VLMO_FAST_CUDA_LAUNCH(sc, cuda::scatter_add(sc.const_data_ptr(), out.mutable_data_ptr(), i32(s), P, D, num_rows,
+    // A stable sort groups the pairs sharing a row in order of p (CUB's radix sort: linear in P).
+    const auto [sorted_start, order] = at::sort(s, /*stable=*/true, /*dim=*/0, /*descending=*/false);
+    const at::Tensor sorted_c = sorted_start.contiguous(), order_c = order.contiguous();
+    VLMO_FAST_CUDA_LAUNCH(sc, cuda::scatter_add(sc.const_data_ptr(), out.mutable_data_ptr(),
+                                                order_c.const_data_ptr<int64_t>(), i32(sorted_c), P, D, num_rows,
                                                 type, stream));
     return out;
   }

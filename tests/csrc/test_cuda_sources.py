@@ -1,6 +1,7 @@
 """The CUDA half of the extension compiles here, although this machine has no GPU and a CPU-only torch:
-nvcc builds csrc/*.cu (they include no torch header), and the C++ compiler checks the CUDA-only branch of
-csrc/packing_ops.cpp against torch's headers.  Both are skipped when their compiler is absent."""
+nvcc builds csrc/*.cu for sm_90 (they include no torch header) with every warning an error, and the C++
+compiler checks the CUDA-only branch of csrc/packing_ops.cpp against torch's headers.  Both are skipped when
+their compiler is absent."""
 from __future__ import annotations
 
 import shutil
@@ -18,7 +19,9 @@ NVCC = shutil.which("nvcc") or next((p for p in ("/usr/local/cuda/bin/nvcc", "/u
 @pytest.mark.skipif(NVCC is None, reason="nvcc not found")
 @pytest.mark.parametrize("source", sorted(p.name for p in CSRC.glob("*.cu")))
 def test_nvcc_compiles(tmp_path, source):
-    cmd = [NVCC, "-c", "-std=c++17", "-arch=sm_90", "-O1", str(CSRC / source), "-o", str(tmp_path / "out.o")]
+    # Warnings are errors, from nvcc's front end and from the host compiler (-Wall) alike.
+    cmd = [NVCC, "-c", "-std=c++17", "-arch=sm_90", "-O1", "-Xcompiler", "-Wall", "-Werror", "all-warnings",
+           str(CSRC / source), "-o", str(tmp_path / "out.o")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "warning" not in proc.stderr.lower(), proc.stderr

@@ -40,6 +40,7 @@ class ExtState:
 
 
 _state: ExtState | None = None
+_warned_no_cuda_kernels = False
 _python_side_registered = False
 
 
@@ -83,15 +84,23 @@ def state() -> ExtState:
 
 
 def available(device: torch.device) -> bool:
-    """Whether the extension has kernels for tensors on `device`."""
+    """Whether the extension has kernels for tensors on `device`; warns once when a CUDA tensor meets a build
+    without CUDA kernels (setup.py found no nvcc, or VLMO_FAST_SKIP_CUDA_BUILD=1)."""
+    global _warned_no_cuda_kernels
     st = state()
+    if st.loaded and device.type == "cuda" and not st.cuda and not _warned_no_cuda_kernels:
+        _warned_no_cuda_kernels = True
+        warnings.warn("vlmo_fast._C was built without its CUDA kernels (no nvcc at build time, or "
+                      "VLMO_FAST_SKIP_CUDA_BUILD=1); packing on CUDA tensors uses the torch references. "
+                      "Reinstall with the CUDA toolkit (CUDA_HOME) to build them", RuntimeWarning, stacklevel=3)
     return st.loaded and (device.type == "cpu" or (device.type == "cuda" and st.cuda))
 
 
 def reset() -> None:
     """Forget the load result so the next call loads (and warns) again; for tests."""
-    global _state
+    global _state, _warned_no_cuda_kernels
     _state = None
+    _warned_no_cuda_kernels = False
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from .backend import kernel_choice
 from .layout import PackedLayout
 
 _MODALITIES = ("text", "image")
+_INT32_LIMIT = 2**31 - 1
 
 
 def _use_ext(t: Tensor) -> bool:
@@ -41,6 +42,14 @@ def _check_layout_args(text_lens: Tensor, image_len: int, text_q_len: int | None
         raise ValueError(f"image_len and text_q_len must be >= 0, got {image_len} and {text_q_len}")
 
 
+def _check_row_count(num_text: int, P: int, image_len: int) -> None:
+    """Packed row indices are int32 (PackedLayout), as in the extension's pack_plan."""
+    rows = num_text + P * image_len
+    if rows > _INT32_LIMIT:
+        raise ValueError(f"the packed layout would have {rows} rows ({num_text} text + {P} pairs x {image_len} "
+                         f"image), over the int32 row-index limit of {_INT32_LIMIT}")
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # References
 def make_layout_ref(text_lens: Tensor, image_len: int, text_q_len: int | None = None) -> PackedLayout:
@@ -58,8 +67,9 @@ def make_layout_ref(text_lens: Tensor, image_len: int, text_q_len: int | None = 
     q_len = text_lens if text_q_len is None else torch.full_like(text_lens, text_q_len)
     if text_q_len is not None and P and int(text_lens.max()) > text_q_len:
         raise ValueError(f"text length {int(text_lens.max())} exceeds the padded length {text_q_len}")
-    text_start = _exclusive_cumsum(q_len).to(torch.int32)
     num_text = int(q_len.sum()) if P else 0
+    _check_row_count(num_text, P, image_len)
+    text_start = _exclusive_cumsum(q_len).to(torch.int32)
     image_start = (num_text + torch.arange(P, device=dev, dtype=torch.int32) * image_len).to(torch.int32)
     img_len = torch.full_like(text_lens, image_len)
     pair = torch.arange(P, device=dev, dtype=torch.int32)
@@ -143,7 +153,8 @@ def gather_cls_ref(x: Tensor, layout: PackedLayout, modality: str) -> Tensor:
 # Dispatch
 def _layout_from_lens(lens: Tensor, image_len: int, text_q_len: int | None, from_mask: bool) -> PackedLayout:
     """The extension's layout: one kernel for the per-pair metadata and the row counts, one host read of the
-    counts (none when lens is on the CPU), one kernel for row_pair."""
+    counts, one kernel for row_pair (on CUDA after a segment check: a second small read; no read on the CPU).
+    The counts are exact (int64): plan_row_pair refuses a layout over int32's row-index limit."""
     ops = torch.ops.vlmo_fast
     P = lens.shape[0]
     start, q_len, k_len, image_start, img_len, stats = ops.pack_plan(
@@ -165,7 +176,7 @@ def _layout_from_lens(lens: Tensor, image_len: int, text_q_len: int | None, from
 def make_layout(text_lens: Tensor, image_len: int, text_q_len: int | None = None) -> PackedLayout:
     """Layout for P pairs with real text lengths (P,) and `image_len` image tokens each (see make_layout_ref).
 
-    Reads the device at most once (the row counts); never when text_lens is on the CPU.
+    On CUDA reads the device twice (the row counts, then plan_row_pair's segment check); never on the CPU.
     """
     if not _use_ext(text_lens):
         return make_layout_ref(text_lens, image_len, text_q_len)
