@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -12,6 +13,7 @@ class FileServer:
         self.files: dict[str, bytes] = {}
         self.honour_range = True
         self.cuts_left = 0               # responses still to cut after half their body
+        self.delay_s = 0.0               # wait before answering (to overlap concurrent clients)
         self.requests: list[tuple[str, str | None]] = []   # (path, Range header) of every GET
         server = self
 
@@ -21,6 +23,7 @@ class FileServer:
 
             def do_GET(self):
                 server.requests.append((self.path, self.headers.get("Range")))
+                time.sleep(server.delay_s)
                 body = server.files.get(self.path.lstrip("/"))
                 if body is None:
                     self.send_error(404)

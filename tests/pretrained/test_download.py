@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import logging
+import threading
 
 import pytest
 import torch
@@ -159,3 +160,25 @@ def test_train_starts_from_a_weight_by_name(server, synthetic_root, tmp_path, ca
     assert f"loaded {tmp_path / 'cache' / FILE}" in caplog.text
     assert "truncated text positions 40 -> 24" in caplog.text  # the official fine-tuning conversion ran
     assert (tmp_path / "run" / "log.jsonl").read_text().count("\n") == 1
+
+
+def test_concurrent_processes_download_once(server, checkpoint):
+    """Ranks of one run resolving the same name: the cache lock lets one download while the others wait."""
+    server.delay_s = 0.3
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(cached_file(NAME, progress=False))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 3 and all(p.read_bytes() == checkpoint[0] for p in results)
+    assert len(server.requests) == 1
+
+
+def test_offline_records_a_file_placed_by_hand(server, checkpoint, tmp_path, monkeypatch):
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / FILE).write_bytes(checkpoint[0])
+    monkeypatch.setenv("VLMO_FAST_OFFLINE", "1")
+    assert cached_file(NAME, progress=False) == tmp_path / "cache" / FILE
+    assert Cache(tmp_path / "cache").record(FILE).sha256 == hashlib.sha256(checkpoint[0]).hexdigest()
+    assert server.requests == []
