@@ -3,6 +3,7 @@ cache hits without the network, resume after a cut connection (with and without 
 truncated cached files re-fetched, VLMO_FAST_OFFLINE=1, from_pretrained and `train ... load_path=NAME`."""
 from __future__ import annotations
 
+import ast
 import hashlib
 import io
 import json
@@ -182,3 +183,30 @@ def test_offline_records_a_file_placed_by_hand(server, checkpoint, tmp_path, mon
     assert cached_file(NAME, progress=False) == tmp_path / "cache" / FILE
     assert Cache(tmp_path / "cache").record(FILE).sha256 == hashlib.sha256(checkpoint[0]).hexdigest()
     assert server.requests == []
+
+
+def test_beit_weight_loads_converted_for_text_pretraining(server, official_dir):
+    """A BEiT file by name: from_pretrained applies the official stage-1 -> 2 conversion; the backbone equals the
+    official model that loaded the same file (fixture interp_units: textpt_model)."""
+    from tests.fixtures import FixtureSet
+
+    units = FixtureSet.load(official_dir, "interp_units")
+    buf = io.BytesIO()
+    torch.save({"model": units.group("beit_in")}, buf)
+    server.files["beit_tiny.pth"] = buf.getvalue()
+    register(PretrainedWeight(name="beit_tiny", file="beit_tiny.pth", url="https://example.invalid/beit_tiny.pth",
+                              arch="vlmo_tiny_patch16", image_size=64, heads=("textmlm",), max_text_len=196,
+                              task=None, beit=True))
+    try:
+        model = from_pretrained("beit_tiny")
+    finally:
+        del PRETRAINED["beit_tiny"]
+    assert model.cfg.vl_start == model.cfg.depth  # stage 2: no VL expert
+    own, want = model.state_dict(), units.group("textpt_model")
+    # The official load left the text experts at their (seeded) initialisation: those keys are reported missing
+    # here too, and every other backbone key equals the official model's.
+    official_missing = set(ast.literal_eval(units.meta["textpt"]["missing_keys_line"][0].split(": ", 1)[1]))
+    assert set(model.load_report.missing) & set(want) == official_missing & set(want) != set()
+    loaded = [k for k in want if k not in official_missing]
+    assert len(loaded) > 40 and all(torch.equal(own[k], want[k]) for k in loaded)
+    assert any("converted BEiT" in n for n in model.load_report.notes)
