@@ -8,6 +8,8 @@
     vlmo-fast predict {vqa,embed,retrieve} ...            inference on image files and texts
     vlmo-fast bench step [--dim ...]                      train-step throughput vs the official-style baseline
     vlmo-fast plot LOG_DIR                                loss curves of a run to LOG_DIR/loss.png
+    vlmo-fast pretrained                                  the official weights by name (load_path=NAME works)
+    vlmo-fast download NAME ...                           fetch official weights into the cache, print the paths
 """
 from __future__ import annotations
 
@@ -58,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     from vlmo_fast.data.convert.cli import add_convert_parser, run_convert
     from vlmo_fast.predict import add_predict_parser
     from vlmo_fast.bench import add_bench_parser
+    from vlmo_fast.pretrained.cli import add_pretrained_parsers
 
     parser = argparse.ArgumentParser(prog="vlmo-fast", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -77,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plot", help="plot the loss curves of a run (LOG_DIR/log.jsonl) to LOG_DIR/loss.png")
     p.add_argument("log_dir")
     p.set_defaults(run=_plot)
+    add_pretrained_parsers(sub)
     return parser
 
 

@@ -1,4 +1,5 @@
-"""`vlmo-fast predict`: inference on image files and texts with a vlmo-fast checkpoint directory.
+"""`vlmo-fast predict`: inference on image files and texts with a vlmo-fast checkpoint directory, an official
+checkpoint file, or an official weight's name (`vlmo-fast pretrained`).
 
     vlmo-fast predict vqa CKPT --image cat.jpg --question "what colour is the cat?"
     vlmo-fast predict embed CKPT --images DIR --out image_feats.safetensors      (or --texts FILE, one per line)
@@ -13,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from vlmo_fast.checkpoint.native import load_model, read_config
+from vlmo_fast.checkpoint.native import CONFIG, load_model, read_config
 from vlmo_fast.data.images import BadImage, decode_rgb
 from vlmo_fast.data.tokenizer import get_tokenizer
 from vlmo_fast.data.transforms import square_transform
@@ -59,12 +60,33 @@ def _texts(model, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     return enc.ids, enc.lens
 
 
+# The heads each command needs, and what to do when a checkpoint lacks them.
+NEEDED_HEADS = {
+    "vqa": (("vqa_classifier",), "no VQA head: fine-tune with a task_finetune_vqa_* task first"),
+    "embed": (("itc_text_proj", "itc_image_proj"), "no ITC heads (itc_text_proj, itc_image_proj): use a pre-trained "
+              "or retrieval checkpoint (task_mlm_itm_itc_*, task_finetune_irtr_*)"),
+}
+NEEDED_HEADS["retrieve"] = NEEDED_HEADS["embed"]
+
+
+def load_for_predict(checkpoint: str, mode: str) -> tuple[torch.nn.Module, dict]:
+    """(model in eval mode, the extra metadata of a vlmo-fast checkpoint); fails clearly when the checkpoint lacks
+    the heads `mode` needs."""
+    if (Path(checkpoint) / CONFIG).is_file():
+        model, (_, meta) = load_model(checkpoint).eval(), read_config(checkpoint)
+    else:
+        from vlmo_fast.pretrained import from_pretrained
+
+        model, meta = from_pretrained(checkpoint), {}
+    heads, advice = NEEDED_HEADS[mode]
+    if not all(hasattr(model, h) for h in heads):
+        raise ValueError(f"{checkpoint} has {advice} (its heads: {', '.join(model.cfg.tasks)})")
+    return model, meta
+
+
 def run_predict(args: argparse.Namespace) -> int:
-    model = load_model(args.checkpoint).eval()
-    _, meta = read_config(args.checkpoint)
+    model, meta = load_for_predict(args.checkpoint, args.mode)
     if args.mode == "vqa":
-        if not hasattr(model, "vqa_classifier"):
-            raise ValueError(f"{args.checkpoint} has no VQA head: fine-tune with a task_finetune_vqa_* task first")
         answers = meta.get("vqa_answers")
         images, _, _ = load_images([Path(args.image)], model.cfg.image_size)
         ids, lens = _texts(model, [args.question])
@@ -102,7 +124,8 @@ def add_predict_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("predict", help="answer questions, embed, retrieve with a trained checkpoint")
     sub = p.add_subparsers(dest="mode", required=True)
     q = sub.add_parser("vqa", help="answer a question about an image")
-    q.add_argument("checkpoint", help="a vlmo-fast checkpoint directory (LOG_DIR/model)")
+    q.add_argument("checkpoint", help="a vlmo-fast checkpoint directory (LOG_DIR/model), an official checkpoint "
+                                      "file or an official weight's name")
     q.add_argument("--image", required=True)
     q.add_argument("--question", required=True)
     q.add_argument("--top-k", type=int, default=3)

@@ -24,6 +24,8 @@ class VLMo(CoreVLMo):
         self.current_tasks = [t for t, w in config["loss_names"].items() if w > 0]
         if config["load_path"]:
             from vlmo_fast.checkpoint.load import load_official
+            from vlmo_fast.pretrained.resolve import resolve_load_path
+            config["load_path"] = resolve_load_path(config["load_path"])  # a registered name -> its cached file
             self.load_report = load_official(self, config, trusted=trust_checkpoint)
 
     # The official modules kept these as plain attributes; some callers read them.

@@ -1,9 +1,12 @@
 """BERT uncased WordPiece tokenizer (the official `bert-base-uncased`, do_lower_case=True) from the shipped vocab.
 
-The official code tokenizes with transformers' slow BertTokenizer; we use the `tokenizers` library with the same
-vocabulary (vlmo_fast/data/vocab.txt, 30522 entries), lower-casing, accent stripping, the BERT normaliser and
-pre-tokenizer, and `[CLS] ... [SEP]` around the text.  Truncation keeps the first `max_len - 2` word pieces, as
-`tokenizer(text, truncation=True, max_length=max_len)` does.
+The official code tokenizes with transformers' slow BertTokenizer; the ids here equal its ids on any text
+(tests/data/test_tokenizer_reference.py).  ASCII texts without "[" take the `tokenizers` library's BERT pipeline,
+which gives the same words there; every other text is split into words by the slow tokenizer's rules
+(bert_words.py: literal special tokens kept whole, category C characters dropped, NFC, lower case, accents
+stripped, punctuation split) and only its WordPiece runs in `tokenizers`.  The vocabulary is
+vlmo_fast/data/vocab.txt (30522 entries); `[CLS] ... [SEP]` surround the text, and truncation keeps the first
+`max_len - 2` word pieces, as `tokenizer(text, truncation=True, max_length=max_len)` does.
 """
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ import torch
 from tokenizers import Tokenizer, normalizers, pre_tokenizers
 from tokenizers.models import WordPiece
 from tokenizers.processors import TemplateProcessing
+
+from .bert_words import basic_words, split_special
 
 VOCAB_PATH = Path(__file__).with_name("vocab.txt")
 VOCAB_SIZE = 30522
@@ -57,6 +62,8 @@ class BertTokenizer:
         tok.post_processor = TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", CLS_ID),
                                                                                          ("[SEP]", SEP_ID)])
         self._tok = tok
+        # WordPiece alone, for words already split by the slow tokenizer's rules.
+        self._wordpiece = Tokenizer(WordPiece(self.vocab, unk_token="[UNK]", max_input_chars_per_word=100))
         # Whole-word masking works on ids alone: a piece continues the previous word iff its token starts "##".
         self.is_continuation = torch.tensor([t.startswith("##") for t in tokens], dtype=torch.bool)
 
@@ -66,14 +73,31 @@ class BertTokenizer:
 
     def tokenize(self, text: str) -> list[str]:
         """Word pieces of `text` without [CLS]/[SEP]."""
-        return self._tok.encode(text, add_special_tokens=False).tokens
+        return [self.id_to_token[i] for i in self._piece_ids([text])[0]]
+
+    def _rule_ids(self, text: str) -> list[int]:
+        """Ids of one text through the slow tokenizer's word rules (bert_words.py), then WordPiece."""
+        ids: list[int] = []
+        for k, piece in enumerate(split_special(text)):
+            if k % 2:  # a literal special token: its own id, as in the slow tokenizer
+                ids.append(self.vocab[piece])
+            elif words := basic_words(piece):
+                ids.extend(self._wordpiece.encode(words, is_pretokenized=True, add_special_tokens=False).ids)
+        return ids
+
+    def _piece_ids(self, texts: list[str]) -> list[list[int]]:
+        """Word-piece ids per text, without [CLS]/[SEP]."""
+        fast = [i for i, t in enumerate(texts) if t.isascii() and "[" not in t]
+        out: list[list[int] | None] = [None] * len(texts)
+        for i, enc in zip(fast, self._tok.encode_batch([texts[i] for i in fast], add_special_tokens=False)):
+            out[i] = enc.ids
+        return [ids if ids is not None else self._rule_ids(t) for ids, t in zip(out, texts)]
 
     def encode_ids(self, texts: list[str], max_len: int) -> list[list[int]]:
         """Unpadded ids `[CLS] ... [SEP]` per text, truncated to at most `max_len` ids."""
         if max_len < 2:
             raise ValueError(f"max_len must be >= 2 (room for [CLS] and [SEP]), got {max_len}")
-        encs = self._tok.encode_batch(list(texts), add_special_tokens=False)
-        return [[CLS_ID] + e.ids[: max_len - 2] + [SEP_ID] for e in encs]
+        return [[CLS_ID] + ids[: max_len - 2] + [SEP_ID] for ids in self._piece_ids(list(texts))]
 
     def encode(self, texts: list[str], max_len: int) -> Encoded:
         """Padded ids and attention masks (B, max_len).  Example: encode(["hello world"], 6).ids ->

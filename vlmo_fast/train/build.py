@@ -9,6 +9,7 @@ import torch
 from vlmo_fast.checkpoint import load_official
 from vlmo_fast.checkpoint.native import CONFIG
 from vlmo_fast.compat.config import model_config
+from vlmo_fast.pretrained.resolve import resolve_load_path
 from vlmo_fast.model.vlmo import VLMo
 from .optim import freeze_for_text_pretraining
 from .tasks import official_part
@@ -18,9 +19,10 @@ log = logging.getLogger(__name__)
 
 def build_model(config: dict, device: torch.device) -> VLMo:
     """The run's model on `device`.  load_path may be an official file (loaded as the official code does, with a
-    report) or a vlmo-fast checkpoint directory (model.safetensors + config.json)."""
+    report), the name of a released weight (`vlmo-fast pretrained`; fetched into the cache on first use) or a
+    vlmo-fast checkpoint directory (model.safetensors + config.json)."""
     model = VLMo(model_config(official_part(config)))
-    path = config["load_path"]
+    path = config["load_path"] = resolve_load_path(config["load_path"])
     if path:
         if Path(path).is_dir() and not (Path(path) / CONFIG).is_file():
             raise FileNotFoundError(f"{path} is a directory without {CONFIG}: not a vlmo-fast checkpoint")

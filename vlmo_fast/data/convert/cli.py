@@ -5,7 +5,9 @@
     vlmo-fast convert vqa ROOT OUT_DIR [--min-answer-count 9] [--rest-val-images 1000] [--seed 0]
     vlmo-fast convert nlvr2 ROOT OUT_DIR [--json-dir DIR]
     vlmo-fast convert vg REGIONS_JSON IMAGE_ROOT OUT_DIR
-    vlmo-fast convert sbu TSV IMAGE_ROOT OUT_DIR [--shard-rows 100000]
+    vlmo-fast convert sbu ROOT OUT_DIR [--shard-rows 100000]            (official layout: ROOT/annot.json)
+    vlmo-fast convert sbu TSV IMAGE_ROOT OUT_DIR [--shard-rows 100000]  (caption<TAB>image lines)
+    vlmo-fast convert gcc ROOT OUT_DIR [--split train|val]             (official: ROOT/{split}_annot.json)
     vlmo-fast convert gcc TSV IMAGE_ROOT OUT_DIR [--split train|val] [--shard-rows 100000]
     vlmo-fast convert wikibk TEXT [TEXT ...] OUT_DIR [--split train|val] [--shard-rows 100000]
     vlmo-fast convert synthetic OUT_DIR [--seed 0] [--image-size 64]
@@ -49,10 +51,10 @@ def add_convert_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     q.add_argument("image_root")
     q.add_argument("out_dir")
     for name in ("sbu", "gcc"):
-        q = add(name, f"{name.upper()} caption list (caption<TAB>image per line)")
-        q.add_argument("tsv")
-        q.add_argument("image_root")
-        q.add_argument("out_dir")
+        q = add(name, f"{name.upper()} captions: the official layout (annot.json, images_*) or a caption list")
+        q.add_argument("paths", nargs="+", metavar="PATH",
+                       help="ROOT OUT_DIR for the official layout, or TSV IMAGE_ROOT OUT_DIR for caption<TAB>image "
+                            "lines")
         q.add_argument("--shard-rows", type=int, default=100_000)
         if name == "gcc":
             q.add_argument("--split", choices=("train", "val"), default="train")
@@ -67,9 +69,24 @@ def add_convert_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     return p
 
 
+def _convert_web(args: argparse.Namespace, progress_bar: bool):
+    """SBU / GCC from the official layout (ROOT OUT_DIR) or from a caption list (TSV IMAGE_ROOT OUT_DIR)."""
+    from vlmo_fast.data.convert.captions import convert_gcc, convert_sbu
+    from vlmo_fast.data.convert.web_captions import convert_gcc_layout, convert_sbu_layout
+
+    if len(args.paths) not in (2, 3):
+        raise SystemExit(f"convert {args.dataset}: give ROOT OUT_DIR (official layout) or TSV IMAGE_ROOT OUT_DIR")
+    kw = dict(shard_rows=args.shard_rows, progress_bar=progress_bar)
+    if args.dataset == "gcc":
+        kw["split"] = args.split
+    if len(args.paths) == 2:
+        return (convert_sbu_layout if args.dataset == "sbu" else convert_gcc_layout)(*args.paths, **kw)
+    return (convert_sbu if args.dataset == "sbu" else convert_gcc)(*args.paths, **kw)
+
+
 def run_convert(args: argparse.Namespace) -> int:
     """Run the converter chosen by `args.dataset`; prints a summary; returns the exit code (0 on success)."""
-    from vlmo_fast.data.convert.captions import convert_gcc, convert_sbu, convert_vg, convert_wikibk
+    from vlmo_fast.data.convert.captions import convert_vg, convert_wikibk
     from vlmo_fast.data.convert.karpathy import convert_karpathy
     from vlmo_fast.data.convert.nlvr2 import convert_nlvr2
     from vlmo_fast.data.convert.vqa import convert_vqa
@@ -87,11 +104,8 @@ def run_convert(args: argparse.Namespace) -> int:
         report = convert_nlvr2(args.root, args.out_dir, json_dir=args.json_dir, progress_bar=pb)
     elif d == "vg":
         report = convert_vg(args.regions_json, args.image_root, args.out_dir, progress_bar=pb)
-    elif d == "sbu":
-        report = convert_sbu(args.tsv, args.image_root, args.out_dir, shard_rows=args.shard_rows, progress_bar=pb)
-    elif d == "gcc":
-        report = convert_gcc(args.tsv, args.image_root, args.out_dir, split=args.split, shard_rows=args.shard_rows,
-                             progress_bar=pb)
+    elif d in ("sbu", "gcc"):
+        report = _convert_web(args, pb)
     elif d == "wikibk":
         if len(args.paths) < 2:
             raise SystemExit("convert wikibk: give at least one text file and then OUT_DIR")

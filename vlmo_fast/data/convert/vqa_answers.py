@@ -1,10 +1,11 @@
-"""VQAv2 answer normalisation, vocabulary and soft scores (the rules of the official VQA evaluation and writer).
+"""VQAv2 answer normalisation, vocabulary and soft scores: the official writer's rules (write_vqa.py with
+glossary.normalize_word), step for step.
 
-normalize_answer: punctuation is removed when it touches a space or sits in a number like "1,000", otherwise
-replaced by a space; periods not followed by a digit are removed; lower case; number words zero..ten become
-digits; the articles a/an/the are dropped; common contractions written without apostrophe get it back
-("dont" -> "don't"); commas are removed.  (The official contraction table is longer; the entries below cover
-the forms that occur among frequent answers.)
+normalize_answer, in the official order: each punctuation mark is removed when it touches a space or when the answer
+holds a digit-comma-digit ("1,000"), otherwise replaced by a space; periods not followed by a digit are removed (at
+most 32, as the official call does); lower case; split on whitespace; number words become digits; the articles
+a/an/the are dropped; words of the official contraction table are replaced ("dont" -> "don't"); joined with single
+spaces; commas removed.  The tables are in vqa_glossary.py.
 """
 from __future__ import annotations
 
@@ -12,38 +13,24 @@ import re
 from collections import Counter
 from typing import Iterable
 
-_PUNCT = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"]
+from .vqa_glossary import ARTICLES, CONTRACTIONS, MAX_PERIODS_STRIPPED, NUMBERS, PUNCTUATION
+
 _COMMA_NUMBER = re.compile(r"(\d)(,)(\d)")
 _PERIOD = re.compile(r"\.(?!\d)")
-_NUMBERS = {w: str(i) for i, w in enumerate(
-    ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"])}
-_NUMBERS["none"] = "0"
-_ARTICLES = {"a", "an", "the"}
-_CONTRACTIONS = {c.replace("'", ""): c for c in [
-    "ain't", "aren't", "can't", "couldn't", "couldn't've", "didn't", "doesn't", "don't", "hadn't", "hasn't",
-    "haven't", "he'd", "he'll", "he's", "how'd", "how'll", "how's", "i'd", "i'll", "i'm", "i've", "isn't",
-    "it'd", "it'll", "let's", "ma'am", "mightn't", "mustn't", "needn't", "o'clock", "oughtn't", "shan't",
-    "she'd", "she'll", "she's", "should've", "shouldn't", "that's", "there's", "they'd", "they'll", "they're",
-    "they've", "wasn't", "we'd", "we'll", "we're", "we've", "weren't", "what'll", "what're", "what's", "what've",
-    "when's", "where'd", "where's", "where've", "who'd", "who'll", "who's", "who've", "why'll", "why're", "why's",
-    "won't", "would've", "wouldn't", "y'all", "you'd", "you'll", "you're", "you've"]}
 
 
 def normalize_answer(text: str) -> str:
     """Normalise an answer string (module docstring).  Example: normalize_answer("Two dogs.") -> "2 dogs"."""
     out = text
-    touches = _COMMA_NUMBER.search(text) is not None
-    for p in _PUNCT:
-        if touches or p + " " in text or " " + p in text:
+    has_number_comma = _COMMA_NUMBER.search(text) is not None
+    for p in PUNCTUATION:  # every test looks at the original text, as the official loop does
+        if has_number_comma or p + " " in text or " " + p in text:
             out = out.replace(p, "")
         else:
             out = out.replace(p, " ")
-    out = _PERIOD.sub("", out)
-    words = []
-    for w in out.lower().split():
-        w = _NUMBERS.get(w, w)
-        if w not in _ARTICLES:
-            words.append(_CONTRACTIONS.get(w, w))
+    out = _PERIOD.sub("", out, count=MAX_PERIODS_STRIPPED)
+    words = [NUMBERS.get(w, w) for w in out.lower().split()]
+    words = [CONTRACTIONS.get(w, w) for w in words if w not in ARTICLES]
     return " ".join(words).replace(",", "")
 
 
