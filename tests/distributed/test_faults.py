@@ -1,6 +1,7 @@
 """Nothing lost: SIGTERM checkpoints and exits cleanly and the run resumes exactly; a crash during a save leaves
 the previous checkpoint loadable; a checkpoint damaged by a crash of the machine is skipped on resume; a full disk
-stops the run (or is retried) with the previous checkpoint intact; every checkpoint file and directory is fsynced."""
+stops the run (or is retried) with the previous checkpoint intact; every checkpoint file and directory is fsynced;
+one run per log_dir."""
 from __future__ import annotations
 
 import errno
@@ -9,6 +10,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -179,3 +181,29 @@ def test_checkpoint_files_and_directories_are_fsynced(synthetic_root, tmp_path, 
     assert after.index(str(tmp_path / "metrics.json.tmp")) + 1 == after.index(str(tmp_path))
     assert all(str(tmp_path / "model" / f"{n}.tmp") in after for n in ["model.safetensors", "manifest.json"])
 
+
+def test_a_second_run_on_a_live_log_dir_is_refused_then_takes_a_stale_lock_over(synthetic_root, tmp_path, capsys,
+                                                                                 caplog):
+    train = ["train", "task_mlm_itm_itc_tiny", *TINY, f"data_root={synthetic_root}", f"log_dir={tmp_path / 'run'}"]
+    output = tmp_path / "first.out"
+    with open(output, "w") as out:  # the first run: a real process, killed below
+        first = subprocess.Popen([sys.executable, "-m", "vlmo_fast.cli", *train, "max_train_steps=100000"], cwd=REPO,
+                                 stdout=out, stderr=subprocess.STDOUT)
+    try:
+        lock, deadline = tmp_path / "run" / "run.lock", time.time() + 120
+        while not lock.is_file() and first.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert lock.is_file(), output.read_text()[-3000:]
+        assert main([*train, "max_train_steps=1"]) == 2
+        err = capsys.readouterr().err
+        assert f"{tmp_path / 'run'} is in use by another run (host {socket.gethostname()}, pid {first.pid}, started" \
+            in err
+        assert first.poll() is None  # the first run goes on untouched
+    finally:
+        first.kill()  # SIGKILL: no chance to remove its lock
+        first.wait()
+    with caplog.at_level(logging.WARNING):
+        assert main([*train, "max_train_steps=1"]) == 0
+    assert f"taking over the stale lock of a run that is gone (host {socket.gethostname()}, pid {first.pid}" \
+        in caplog.text and "its process is gone" in caplog.text
+    assert not lock.exists() and (tmp_path / "run" / "metrics.json").is_file()

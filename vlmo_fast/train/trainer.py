@@ -31,6 +31,7 @@ from .data import answer_vocabulary, augments, build_split, epoch_order, loader,
 from .evaluate import evaluate
 from .intact import has_checkpoint, resume_checkpoint
 from .optim import make_optimizer, make_scheduler, warmup_steps_of
+from .run_lock import hold_run_directory
 from .sharding import STRATEGIES, average_gradients, full_state_dict, shard
 from .step import task_losses
 
@@ -198,6 +199,11 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------------------------
     def fit(self) -> dict:
+        """Train (or with test_only evaluate) holding the run directory's lock (one run per log_dir)."""
+        with hold_run_directory(self.log_dir):
+            return self._fit()
+
+    def _fit(self) -> dict:
         cfg = self.config
         if cfg["test_only"]:
             return self.final_evaluation()
