@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint import DefaultLoadPlanner
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 from safetensors.torch import load_file
@@ -142,9 +143,17 @@ def _attempt(write) -> str | None:
     wait for this one forever)."""
     try:
         write()
-    except Exception as err:  # noqa: BLE001 - reported on every rank as CheckpointSaveError
-        return str(_io_cause(err) or err)
+    except (Exception, CheckpointException) as err:  # noqa: BLE001 - reported on every rank as CheckpointSaveError
+        return _cause(err)
     return None
+
+
+def _cause(err: BaseException) -> str:
+    """What to name of a failure: the OSError behind it, per rank for a torch.distributed.checkpoint failure (a
+    BaseException, which gathers every rank's error)."""
+    if isinstance(err, CheckpointException):
+        return "; ".join(f"rank {rank}: {_cause(e)}" for rank, (e, _) in sorted(err.failures.items()))
+    return str(_io_cause(err) or err)
 
 
 def _first_error(error: str | None) -> str | None:
