@@ -75,12 +75,8 @@ def save_training_state(directory: Path, model, optimizer, scheduler, scaler, po
     A failure removes the temporary directory and raises CheckpointSaveError naming the cause."""
     name = tag or f"step_{position['step']:08d}"
     with _removed_on_failure(directory, name) as tmp:
-        records: dict[str, FileRecord] = {}
-        save_model(model, tmp, {"position": position}, records=records)
         state = {"optimizer": optimizer.state_dict(), **_trainer_state(scheduler, scaler, position, rng)}
-        records[TRAINER_STATE] = write_durably(tmp / TRAINER_STATE, lambda f: torch.save(state, f))
-        write_manifest(tmp, records, position["step"])
-        return _commit(directory, tmp, directory / name)
+        return _write_checkpoint(directory, tmp, name, model, position, state, {})
 
 
 def save_replicated_training_state(directory: Path, model, optimizer, scheduler, scaler, position: dict,
@@ -103,35 +99,43 @@ def save_sharded_training_state(directory: Path, model, optimizer, scheduler, sc
     CheckpointSaveError on every rank."""
     main, name = dist.get_rank() == 0, tag or f"step_{position['step']:08d}"
     tmp = directory / f".{name}.tmp"
-    error = _attempt(lambda: _fresh(tmp)) if main else None
-    error = _first_error(error)  # also the barrier: the temporary directory is fresh before anyone writes into it
+    # agreed by all ranks, which is also the barrier: the temporary directory is fresh before anyone writes into it
+    error = _first_error(_attempt(lambda: _fresh(tmp)) if main else None)
     full = full_state_dict(model, rank0_only=True)
     model_state, optim_state = get_state_dict(model, optimizer)
     shards: dict[str, FileRecord] = {}
-
-    def write_shards() -> None:
-        dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(tmp / SHARDS))
-        shards.update({f"{SHARDS}/{n}": r for n, r in _own_shard_records(tmp / SHARDS, dist.get_rank()).items()})
-    error = error or _attempt(write_shards)
+    if error is None:
+        error = _attempt(lambda: shards.update(_write_shards(tmp / SHARDS, model_state, optim_state)))
     parts = [None] * dist.get_world_size()
-    dist.all_gather_object(parts, (shards, error))
+    dist.all_gather_object(parts, (shards, error))  # every rank's shard records, and whether it failed
     error = next((e for _, e in parts if e), None)
     if main and error is None:
         records = {n: r for part, _ in parts for n, r in part.items()}
-
-        def write_rest() -> None:
-            records.update(_other_shard_records(tmp / SHARDS, records))
-            save_model(model, tmp, {"position": position}, state_dict=full, records=records)
-            state = {"sharded": True, **_trainer_state(scheduler, scaler, position, rng)}
-            records[TRAINER_STATE] = write_durably(tmp / TRAINER_STATE, lambda f: torch.save(state, f))
-            fsync_dir(tmp / SHARDS)
-            write_manifest(tmp, records, position["step"])
-            _commit(directory, tmp, directory / name)
-        error = _attempt(write_rest)
+        state = {"sharded": True, **_trainer_state(scheduler, scaler, position, rng)}
+        error = _attempt(lambda: _write_checkpoint(directory, tmp, name, model, position, state, records, full))
     if main and error is not None:
         shutil.rmtree(tmp, ignore_errors=True)
     _raise_if_any(error and _failure(directory, name, error))
     return directory / name
+
+
+def _write_shards(shards: Path, model_state: dict, optim_state: dict) -> dict[str, FileRecord]:
+    """This rank's part of the sharded states, and the records of the files it wrote."""
+    dcp.save({"model": model_state, "optimizer": optim_state}, checkpoint_id=str(shards))
+    return {f"{SHARDS}/{n}": r for n, r in _own_shard_records(shards, dist.get_rank()).items()}
+
+
+def _write_checkpoint(directory: Path, tmp: Path, name: str, model, position: dict, state: dict,
+                      records: dict[str, FileRecord], state_dict: dict | None = None) -> Path:
+    """Rank 0's files into the temporary directory (model, trainer state; the other shard files hashed), the
+    manifest last, then the rename into place."""
+    if (tmp / SHARDS).is_dir():
+        records.update(_other_shard_records(tmp / SHARDS, records))
+        fsync_dir(tmp / SHARDS)
+    save_model(model, tmp, {"position": position}, state_dict=state_dict, records=records)
+    records[TRAINER_STATE] = write_durably(tmp / TRAINER_STATE, lambda f: torch.save(state, f))
+    write_manifest(tmp, records, position["step"])
+    return _commit(directory, tmp, directory / name)
 
 
 def _distributed() -> bool:
@@ -189,7 +193,7 @@ def _failure(directory: Path, name: str, cause) -> str:
     """The message of a failed save: what failed, the cause, and the checkpoint that is still there."""
     kept = sorted((p for p in directory.glob("*") if p.is_dir() and not p.name.startswith(".")),
                   key=lambda p: p.stat().st_mtime)
-    previous = f"the previous checkpoint {kept[-1].name} is untouched" if kept else "there is no earlier checkpoint"
+    previous = f"the previous checkpoint ({kept[-1].name}) is untouched" if kept else "there is no earlier checkpoint"
     return f"checkpoint {name} could not be written in {directory}: {cause}; {previous}"
 
 
