@@ -17,7 +17,7 @@ import argparse
 import logging
 import sys
 
-from vlmo_fast.errors import UnknownNameError
+from vlmo_fast.errors import RunError, UnknownNameError
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         return args.run(args)
-    except (UnknownNameError, ValueError, FileNotFoundError) as err:
+    except (UnknownNameError, ValueError, FileNotFoundError, RunError) as err:
         print(f"vlmo-fast: error: {err}", file=sys.stderr)
         return 2
 

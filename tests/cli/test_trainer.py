@@ -103,6 +103,13 @@ def test_cli_errors_are_clear(capsys):
     assert "unknown task or preset" in capsys.readouterr().err
 
 
+def test_checkpoint_keys_are_checked(capsys):
+    assert main(["train", "task_mlm_itm_itc_tiny", "checkpoint_on_error=ignore"]) == 2
+    assert "checkpoint_on_error='ignore': expected one of stop, retry" in capsys.readouterr().err
+    assert main(["train", "task_mlm_itm_itc_tiny", "verify_checkpoint=yes"]) == 2
+    assert "verify_checkpoint='yes': expected True or False" in capsys.readouterr().err
+
+
 def test_test_only_evaluates_a_checkpoint(synthetic_root, tmp_path):
     """test_only=True loads load_path as it is (no resizing, official semantics) and only evaluates."""
     run(synthetic_root, tmp_path / "train", "max_train_steps=1")

@@ -11,6 +11,7 @@ import torch
 
 from tests.distributed.test_ddp import torchrun
 from tests.tiny import TINY
+from vlmo_fast.checkpoint.manifest import read_manifest, verify
 
 
 def train(root, log_dir: Path, *extra: str) -> list[float]:
@@ -28,6 +29,11 @@ def test_fsdp_matches_ddp_and_resumes_exactly(synthetic_root, tmp_path):
 
     last = tmp_path / "fsdp" / "checkpoints" / "last"
     assert (last / "shards" / ".metadata").is_file() and (last / "model.safetensors").is_file()
+    # the manifest covers every rank's shards (hashed by the rank that wrote them) and the coordinator's metadata
+    files = set(read_manifest(last)["files"])
+    assert {"shards/.metadata", "shards/__0_0.distcp", "shards/__1_0.distcp", "trainer.pt"} <= files
+    assert files == {p.relative_to(last).as_posix() for p in last.rglob("*") if p.is_file()} - {"manifest.json"}
+    assert verify(last) == []
     assert "recalls/ir_r1" in json.loads((tmp_path / "fsdp" / "metrics.json").read_text())
 
     cut = tmp_path / "cut"

@@ -24,6 +24,8 @@ FAST_DEFAULTS: dict = {
     "trust_checkpoint": False,     # allow full unpickling of load_path (only for files from a trusted source)
     "max_train_steps": None,       # stop after this many optimizer steps (overrides the epoch count)
     "checkpoint_every": 0,         # optimizer steps between checkpoints (0 = at the end of every epoch)
+    "verify_checkpoint": True,     # hash a checkpoint's files before loading it (False: compare sizes only)
+    "checkpoint_on_error": "stop",  # a save that fails (disk full): stop the run, or retry at the next interval
     "nan_limit": 10,               # stop after this many skipped steps with a non-finite loss
     "eval_limit": 0,               # evaluate on at most this many samples (images for retrieval); 0 = all
 }

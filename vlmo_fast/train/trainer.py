@@ -18,16 +18,20 @@ import torch.distributed as dist
 from torch import nn
 from tqdm import tqdm
 
+from vlmo_fast.checkpoint.durable import fsync_file, write_text_durably
 from vlmo_fast.checkpoint.native import save_model
 from vlmo_fast.flops import device_peak, step_flops
 from vlmo_fast.model.vlmo import VLMo
 from .build import build_model
-from .checkpointing import (latest_checkpoint, load_training_state, rng_states, save_sharded_training_state,
-                            save_training_state)
+from .checkpoint_policy import check_checkpoint_keys, on_save_failure
+from .checkpointing import (load_training_state, rng_states, save_replicated_training_state,
+                            save_sharded_training_state)
 from vlmo_fast.data.dali import DaliDecoder, pick_decoder
 from .data import answer_vocabulary, augments, build_split, epoch_order, loader, to_device
 from .evaluate import evaluate
+from .intact import has_checkpoint, resume_checkpoint
 from .optim import make_optimizer, make_scheduler, warmup_steps_of
+from .run_lock import hold_run_directory
 from .sharding import STRATEGIES, average_gradients, full_state_dict, shard
 from .step import task_losses
 
@@ -90,6 +94,7 @@ class Trainer:
         self.config = config = dict(config)
         if config["strategy"] not in STRATEGIES:
             raise ValueError(f"strategy={config['strategy']!r}: expected one of {', '.join(STRATEGIES)}")
+        check_checkpoint_keys(config)
         self.device = pick_device(config)
         self.rank, self.world = init_distributed(self.device)
         torch.manual_seed(config["seed"] + self.rank)
@@ -181,21 +186,24 @@ class Trainer:
         return bool(ok.item())
 
     def _save(self, tag: str | None = None) -> None:
-        """Atomic checkpoint of everything needed to resume exactly (rank 0 writes; with FSDP every rank its shards)."""
+        """Durable, atomic checkpoint of everything needed to resume exactly (rank 0 writes; with FSDP every rank its
+        shards); a failed save follows checkpoint_on_error (the "last" one, after which none follows, stops)."""
         position = dict(step=self.step, epoch=self.epoch, micro=self.micro, skipped=self.skipped)
         rng = rng_states()
-        if self.fsdp:
-            save_sharded_training_state(self.log_dir / "checkpoints", self.model, self.optimizer, self.scheduler,
-                                        self.scaler, position, tag, rng)
-            return
-        if self._is_main():
-            save_training_state(self.log_dir / "checkpoints", self.model, self.optimizer, self.scheduler,
-                                self.scaler, position, self.config, tag, rng)
-        if self.world > 1:
-            dist.barrier()
+        if self._is_main() and (self.log_dir / "log.jsonl").is_file():
+            fsync_file(self.log_dir / "log.jsonl")  # the log on disk reaches at least the checkpoint's step
+        save = save_sharded_training_state if self.fsdp else save_replicated_training_state
+        with on_save_failure(self.config, final=tag == "last"):
+            save(self.log_dir / "checkpoints", self.model, self.optimizer, self.scheduler, self.scaler, position, tag,
+                 rng)
 
     # ----------------------------------------------------------------------------------------------------------
     def fit(self) -> dict:
+        """Train (or with test_only evaluate) holding the run directory's lock (one run per log_dir)."""
+        with hold_run_directory(self.log_dir):
+            return self._fit()
+
+    def _fit(self) -> dict:
         cfg = self.config
         if cfg["test_only"]:
             return self.final_evaluation()
@@ -225,9 +233,9 @@ class Trainer:
         self.scheduler = make_scheduler(self.optimizer, warmup_steps_of(cfg["warmup_steps"], total), total)
         if cfg["resume"] not in (True, False, "auto"):
             raise ValueError(f"resume={cfg['resume']!r}: expected True, False or auto")
-        has_ckpt = cfg["resume"] == "auto" and any((self.log_dir / "checkpoints").glob("*/trainer.pt"))
+        has_ckpt = cfg["resume"] == "auto" and has_checkpoint(self.log_dir / "checkpoints")
         if cfg["resume"] is True or has_ckpt:
-            ckpt = latest_checkpoint(self.log_dir / "checkpoints")
+            ckpt = resume_checkpoint(self.log_dir / "checkpoints", cfg["verify_checkpoint"])
             state = load_training_state(ckpt, self.model, self.optimizer, self.scheduler, self.scaler, self.device)
             self.step, self.epoch, self.micro, self.skipped = (state[k] for k in ("step", "epoch", "micro", "skipped"))
             log.info("resumed from %s at step %d", ckpt, self.step)
@@ -336,7 +344,7 @@ class Trainer:
             metrics = evaluate(self.model, self.config, self.device, self.answers, self.log_dir)
         if self._is_main():
             self.log_dir.mkdir(parents=True, exist_ok=True)
-            (self.log_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+            write_text_durably(self.log_dir / "metrics.json", json.dumps(metrics, indent=1))
             for k, v in metrics.items():
                 print(f"{k}: {v:.4f}" if isinstance(v, float) and math.isfinite(v) else f"{k}: {v}")
         return metrics
