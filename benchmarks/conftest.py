@@ -38,6 +38,8 @@ def timed(benchmark):
                 torch.cuda.synchronize(device)
             return out
 
+        if benchmark.disabled:  # --benchmark-disable: one plain call, as a smoke test of the case
+            return call()
         for _ in range(warmup):
             call()
         result = benchmark.pedantic(call, rounds=rounds, iterations=1)

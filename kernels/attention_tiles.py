@@ -26,11 +26,13 @@ def _config(block_m: int, block_n: int, warps: int, stages: int) -> triton.Confi
     return triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=warps, num_stages=stages)
 
 
-# Forward and dq: a program owns BLOCK_M query rows and walks BLOCK_N keys at a time.
+# Forward and dq: a program owns BLOCK_M query rows and walks BLOCK_N keys at a time.  fp32 (IEEE dots on the
+# FMA units, a test and reference path on GPUs) takes the last, smallest config only.
 QUERY_CONFIGS = [_config(*c) for c in ((128, 64, 8, 3), (128, 32, 8, 3), (64, 64, 4, 3), (64, 32, 4, 2))]
 # dk/dv: a program owns BLOCK_N key rows and walks BLOCK_M queries at a time (Triton's fused-attention
 # tutorial and FlashAttention-2 order the backward the same way: the owned block is the MMA's M).
-KEY_CONFIGS = [_config(*c) for c in ((32, 128, 8, 2), (64, 128, 8, 2), (32, 64, 4, 3), (64, 64, 4, 2))]
+KEY_CONFIGS = [_config(*c) for c in ((32, 128, 8, 2), (64, 128, 8, 2), (32, 64, 4, 3), (64, 64, 4, 2),
+                                     (16, 128, 8, 2), (16, 64, 4, 2))]
 # The interpreter's single tile: small, so that tests on tiny shapes cover several tiles per segment.
 INTERPRET_CONFIGS = [_config(16, 16, 1, 1)]
 
@@ -43,33 +45,25 @@ def key_configs() -> list[triton.Config]:
     return pick_configs(KEY_CONFIGS, INTERPRET_CONFIGS)
 
 
-def _dtype_class(named_args: dict) -> str:
-    q = named_args.get("Q")
-    return "fp32" if q is None or q.dtype == torch.float32 else "half"
-
-
-def _owned(c: triton.Config, key_tiles: bool) -> int:
-    return c.kwargs["BLOCK_N"] if key_tiles else c.kwargs["BLOCK_M"]
-
-
-def _fits(c: triton.Config, block_d: int, dtype_class: str, key_tiles: bool, has_bias: bool) -> bool:
-    """The sm_90 rules of the resource table, per kernel family (see the module docstring)."""
-    owned = _owned(c, key_tiles)
-    walked = c.kwargs["BLOCK_M"] if key_tiles else c.kwargs["BLOCK_N"]
-    if dtype_class == "fp32":  # IEEE fp32 dots run on FMA units: keep tiles whose operands stay small
-        return owned * block_d <= 64 * 64 and walked * block_d <= 64 * 64
-    if block_d >= 128:  # the widest heads: 64-row blocks, 4 warps, a 2-stage pipeline
-        return owned == 64 and c.num_warps == 4 and c.num_stages <= 2 + (not key_tiles)
-    if key_tiles:  # dk/dv: two (BLOCK_N, BLOCK_D) accumulators live through the loop
-        return walked == 32 or (walked == 64 and owned == 64)
-    return not (has_bias and owned == 128 and c.kwargs["BLOCK_N"] == 64)
+def _half_fits(c: triton.Config, head_dim: int, block: int, has_bias: bool, key_tiles: bool) -> bool:
+    """bf16/fp16 on sm_90, read from the resource table: registers are what binds.  The bias gather and a head
+    dim padded in registers (34 in 64, masked loads) each cost registers; a config that would spill is left
+    out.  All configs own at least 64 rows, so every matmul is a wgmma."""
+    aligned = head_dim == block and block <= 64
+    if key_tiles:  # dk/dv: the walked query block, which sets the size of the transposed score tiles
+        walked = c.kwargs["BLOCK_M"]
+        return walked <= (32 if aligned else 16) if has_bias else walked <= (64 if aligned else 32)
+    return c.kwargs["BLOCK_N"] == 32 or (not has_bias and block <= 64)
 
 
 def _prune(configs: list[triton.Config], named_args: dict, key_tiles: bool, **kwargs) -> list[triton.Config]:
-    block_d = kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 64))
+    block = kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 64))
+    head_dim = kwargs.get("HEAD_DIM", named_args.get("HEAD_DIM", block))
     has_bias = kwargs.get("HAS_BIAS", named_args.get("HAS_BIAS", True))
-    dtype_class = _dtype_class(named_args)
-    kept = [c for c in configs if _fits(c, block_d, dtype_class, key_tiles, has_bias)]
+    q = named_args.get("Q")
+    if len(configs) == 1 or q is None or q.dtype == torch.float32:
+        return configs[-1:]
+    kept = [c for c in configs if _half_fits(c, head_dim, block, has_bias, key_tiles)]
     return kept or configs[-1:]
 
 

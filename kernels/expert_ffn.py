@@ -43,7 +43,7 @@ import triton.language as tl
 from torch import Tensor
 
 from .autocast import compute_dtype
-from .tuning import SM90_SMEM_BYTES, bench_fn, pick_configs
+from .tuning import bench_fn, pick_configs
 
 # One expert's weights in the official layout: (norm weight, norm bias, fc1 weight (F, D), fc1 bias (F,),
 # fc2 weight (D, F), fc2 bias (D,)).
@@ -100,10 +100,9 @@ def _ln_fwd_kernel(X, W, B, Y, MEAN, RSTD, M, D, stride_xm, stride_ym, eps,
 
 
 # Hopper-sized tiles first; the pruning filter drops tiles far larger than the problem (small text groups) and
-# those that do not fit sm_90's shared memory in the operands' dtype.
+# those that break the sm_90 rules for the operands' dtype.
 _GEMM_TILES = [  # (BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps)
-    (128, 256, 64, 3, 8), (128, 128, 64, 4, 8), (128, 128, 64, 3, 4), (128, 64, 64, 4, 4),
-    (64, 128, 64, 4, 4), (64, 64, 64, 4, 4), (32, 64, 64, 4, 4),
+    (128, 128, 64, 4, 8), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (64, 64, 64, 4, 4), (32, 64, 64, 4, 4),
 ]
 _GEMM_CONFIGS = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": 8}, num_stages=s,
                                num_warps=w) for bm, bn, bk, s, w in _GEMM_TILES]
@@ -113,21 +112,25 @@ _INTERPRET_CONFIGS = [triton.Config({"BLOCK_M": 16, "BLOCK_N": 128, "BLOCK_K": 6
                                     num_stages=1)]
 
 
-def _fits_sm90(c: triton.Config, itemsize: int) -> bool:
-    """The sm_90 rules of the resource table (python -m vlmo_fast.kernels.aot): the pipelined A and B tiles fit
-    the 227 KB of shared memory, and fp32 (IEEE, FMA units: no tensor-core accumulators) keeps tiles whose
-    accumulator fits the registers."""
+def _fits_sm90(c: triton.Config, itemsize: int, epilogue: int) -> bool:
+    """The sm_90 rules, read from the resource table (python -m vlmo_fast.kernels.aot): bf16/fp16 tiles of at
+    least 64 rows (32-row tiles compile to mma.sync, not wgmma), and 64-row tiles for the GELU-derivative
+    epilogue, whose extra operand spills 128-row tiles; fp32 (IEEE dots on the FMA units) keeps the
+    accumulator within 64 x 64.  Every listed tile's pipelined operands fit the 227 KB of shared memory."""
     k = c.kwargs
-    smem = (k["BLOCK_M"] + k["BLOCK_N"]) * k["BLOCK_K"] * itemsize * c.num_stages
-    return smem <= SM90_SMEM_BYTES and (itemsize < 4 or k["BLOCK_M"] * k["BLOCK_N"] <= 128 * 64)
+    if itemsize == 4:
+        return k["BLOCK_M"] * k["BLOCK_N"] <= 64 * 64
+    return k["BLOCK_M"] >= 64 and (epilogue != EPI_DGELU or k["BLOCK_M"] == 64)
 
 
 def _prune_gemm_configs(configs, named_args, **kwargs):
-    m_cap = max(32, triton.next_power_of_2(named_args["M"]))
-    n_cap = max(64, triton.next_power_of_2(named_args["N"]))
+    if len(configs) == 1:
+        return configs
     itemsize = named_args["A"].element_size()
+    m_cap = max(32 if itemsize == 4 else 64, triton.next_power_of_2(named_args["M"]))
+    n_cap = max(64, triton.next_power_of_2(named_args["N"]))
     kept = [c for c in configs if c.kwargs["BLOCK_M"] <= m_cap and c.kwargs["BLOCK_N"] <= n_cap
-            and _fits_sm90(c, itemsize)]
+            and _fits_sm90(c, itemsize, kwargs.get("EPILOGUE", EPI_NONE))]
     return kept or configs[-1:]
 
 

@@ -19,9 +19,6 @@ import triton
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 AUTOTUNE_CHECK = os.environ.get("VLMO_FAST_AUTOTUNE_CHECK", "0") == "1"
 
-# Shared memory one thread block may use on sm_90 (H100/H200): 227 KB.
-SM90_SMEM_BYTES = 227 * 1024
-
 
 def pick_configs(gpu: list[triton.Config], interpret: list[triton.Config]) -> list[triton.Config]:
     """The configs an autotuner holds: the GPU list, except under the interpreter without the check."""
