@@ -62,6 +62,14 @@ def test_dali_decoder_trains(synthetic_root, tmp_path):
     assert [r["step"] for r in log] == [1, 2] and all(r["loss"] > 0 for r in log)
 
 
+def test_every_record_has_the_data_stall(synthetic_root, tmp_path):
+    """log.jsonl and TensorBoard get the mean wait of a step for its batch and the stall fraction of the window."""
+    log = run(synthetic_root, tmp_path, "max_train_steps=2")
+    assert all(r["data_wait_s"] > 0 and 0 < r["stall_fraction"] < 1 for r in log)
+    events = list((tmp_path / "tensorboard").glob("events.*"))
+    assert events and b"stall_fraction" in events[0].read_bytes() and b"data_wait_s" in events[0].read_bytes()
+
+
 def test_non_finite_losses_are_skipped_then_stop(synthetic_root, tmp_path):
     with pytest.raises(TrainingStopped, match="non-finite"):
         run(synthetic_root, tmp_path, "max_train_steps=20", "learning_rate=1e30", "warmup_steps=0", "nan_limit=2")
