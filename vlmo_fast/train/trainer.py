@@ -25,7 +25,7 @@ from .build import build_model
 from .checkpointing import (latest_checkpoint, load_training_state, rng_states, save_sharded_training_state,
                             save_training_state)
 from vlmo_fast.data.dali import DaliDecoder, pick_decoder
-from .data import answer_vocabulary, augments, build_split, epoch_order, loader, to_device
+from .data import answer_vocabulary, augments, build_split, epoch_loader, to_device
 from .evaluate import evaluate
 from .optim import make_optimizer, make_scheduler, warmup_steps_of
 from .sharding import STRATEGIES, average_gradients, full_state_dict, shard
@@ -275,9 +275,8 @@ class Trainer:
         stall = {"wait": 0.0, "steps": 0}  # time the steps of the log window waited for their batches
         peak = device_peak(torch.cuda.get_device_name(self.device)) if self.device.type == "cuda" else None
         while self.step < stop and self._stop_signal is None:
-            order = epoch_order(len(dataset), int(cfg["seed"]), self.epoch, self.rank, self.world)
-            usable = (len(order) // (B * accumulate)) * B * accumulate
-            data = loader(dataset, order[self.micro * B:usable], cfg, B, self.epoch, True, self.device)
+            data = epoch_loader(dataset, cfg, B, accumulate, self.epoch, self.micro, self.rank, self.world,
+                                self.device)
             bad = False
             for batch in timed(data, stall):
                 ready = time.perf_counter()
