@@ -277,12 +277,12 @@ class Trainer:
         while self.step < stop and self._stop_signal is None:
             data = epoch_loader(dataset, cfg, B, accumulate, self.epoch, self.micro, self.rank, self.world,
                                 self.device)
+            if self.dali is not None:  # decodes the next batches while this one trains
+                data = self.dali.decode_ahead(data)
             bad = False
             for batch in timed(data, stall):
                 ready = time.perf_counter()
                 step_work = step_flops(self.model.cfg, self.tasks, batch["text_lens"].tolist())  # host-side lengths
-                if self.dali is not None:
-                    batch = self.dali.apply(batch)
                 batch = to_device(batch, self.device)
                 stall["wait"] += time.perf_counter() - ready
                 boundary = (self.micro + 1) % accumulate == 0
