@@ -7,6 +7,7 @@
     vlmo-fast convert DATASET ...                         raw data -> ViLT arrow files (see `convert -h`)
     vlmo-fast predict {vqa,embed,retrieve} ...            inference on image files and texts
     vlmo-fast bench step [--dim ...]                      train-step throughput vs the official-style baseline
+    vlmo-fast bench data [--sizes 224 384 480]            images/s of each decoding path from tar shards
     vlmo-fast plot LOG_DIR                                loss curves of a run to LOG_DIR/loss.png
 """
 from __future__ import annotations

@@ -106,6 +106,20 @@ def test_bench_step_prints_one_json_line_per_impl(capsys):
     assert all(l["samples_per_s"] > 0 and l["step_s_median"] > 0 for l in lines)
 
 
+def test_bench_data_prints_each_decoder_path(capsys):
+    """`bench data`: images/s per path (PIL in the main process, DALI cpu fed by the loader and reading the shards)."""
+    assert main(["bench", "data", "--images", "12", "--width", "80", "--height", "60", "--sizes", "32",
+                 "--workers", "0", "--batch", "4", "--batches", "1"]) == 0
+    lines = [json.loads(l) for l in capsys.readouterr().out.splitlines() if l.startswith("{")]
+    paths = [l["path"] for l in lines]
+    assert paths[0] == "pil_w0" and all(l["images_per_s"] > 0 and l["image_size"] == 32 for l in lines)
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return
+    assert paths[1:] == ["dali_cpu", "dali_reader_cpu"]
+
+
 def test_cli_errors_are_clear(capsys):
     assert main(["train", "task_nope"]) == 2
     assert "unknown task or preset" in capsys.readouterr().err
