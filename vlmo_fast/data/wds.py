@@ -193,7 +193,8 @@ class WdsSplit:
         except (BadImage, KeyError) as e:
             stats["skipped"] += 1
             p.table.bad = True
-            log.warning("%s: %s; its samples are skipped", p.shard.dataset, e)  # e names the shard and sample
+            log.warning("%s: %s; its samples are skipped (%d skipped so far by this loader worker)",
+                        p.shard.dataset, e, stats["skipped"])  # e names the shard and sample
             return None
 
     def loader(self, *, epoch: int, rank: int, world: int, batch_size: int, unit: int, workers: int,
@@ -213,4 +214,6 @@ class WdsLoader:
         for batch in self.data:
             self.skipped += int(batch.pop(SKIPPED_KEY))
             yield batch
+        if self.skipped:
+            log.warning("this epoch skipped %d samples that could not be read (named above)", self.skipped)
 
