@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from vlmo_fast.data.collate import Collator
+from vlmo_fast.data.dali import DaliDecoder
 from vlmo_fast.data.datasets import TextOnlyView, build_dataset, set_epoch
 from vlmo_fast.data.registry import get_spec
 from vlmo_fast.data.wds import WdsSplit
@@ -74,17 +75,19 @@ def epoch_order(n: int, seed: int, epoch: int, rank: int = 0, world: int = 1) ->
 
 
 def epoch_loader(dataset: Dataset | WdsSplit, config: dict, batch_size: int, accumulate: int, epoch: int,
-                 start_batch: int, rank: int, world: int, device: torch.device):
+                 start_batch: int, rank: int, world: int, device: torch.device, dali: DaliDecoder | None = None):
     """This rank's batches of an epoch from batch `start_batch` on (a resume), whole steps only: the same number
-    on every rank."""
+    on every rank.  With a DALI decoder, the images of the next batches are decoded while a batch trains."""
     workers = int(config["num_workers"])
     if isinstance(dataset, WdsSplit):
-        return dataset.loader(epoch=epoch, rank=rank, world=world, batch_size=batch_size,
+        data = dataset.loader(epoch=epoch, rank=rank, world=world, batch_size=batch_size,
                               unit=batch_size * accumulate, workers=workers, start_batch=start_batch,
                               pin_memory=device.type == "cuda")
-    order = epoch_order(len(dataset), int(config["seed"]), epoch, rank, world)
-    usable = (len(order) // (batch_size * accumulate)) * batch_size * accumulate
-    return loader(dataset, order[start_batch * batch_size:usable], config, batch_size, epoch, True, device)
+    else:
+        order = epoch_order(len(dataset), int(config["seed"]), epoch, rank, world)
+        usable = (len(order) // (batch_size * accumulate)) * batch_size * accumulate
+        data = loader(dataset, order[start_batch * batch_size:usable], config, batch_size, epoch, True, device)
+    return data if dali is None else dali.decode_ahead(data)
 
 
 def loader(dataset: Dataset, indices: list[int], config: dict, batch_size: int, epoch: int, drop_last: bool,

@@ -276,9 +276,7 @@ class Trainer:
         peak = device_peak(torch.cuda.get_device_name(self.device)) if self.device.type == "cuda" else None
         while self.step < stop and self._stop_signal is None:
             data = epoch_loader(dataset, cfg, B, accumulate, self.epoch, self.micro, self.rank, self.world,
-                                self.device)
-            if self.dali is not None:  # decodes the next batches while this one trains
-                data = self.dali.decode_ahead(data)
+                                self.device, self.dali)
             bad = False
             for batch in timed(data, stall):
                 ready = time.perf_counter()
