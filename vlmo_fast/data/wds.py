@@ -87,7 +87,7 @@ def _span_samples(span: Span, stats: dict):
     except (ShardError, OSError) as e:
         lost = span.hi - span.lo - seen
         stats["skipped"] += lost
-        log.warning("shard %s: %s; %d samples of it skipped", shard.url, e, lost)
+        log.warning("%s; %d samples of it skipped", e, lost)  # e names the shard
 
 
 def shuffled(items, size: int, rng: np.random.Generator):
@@ -128,19 +128,23 @@ class WdsEpoch(IterableDataset):
         for _ in range(skip):
             if next(stream, None) is None:
                 break
-        made, batch, reported = 0, [], 0
+        made, batch, last, reported = 0, [], [], 0
         for pending in stream:
             sample = self.split.build(pending, self.epoch, stats)
             if sample is not None:
                 batch.append(sample)
             if len(batch) == self.batch_size:
                 yield self._collate(batch, stats, reported)
-                reported, made, batch = stats["skipped"], made + 1, []
-        for _ in range(count - skip // self.batch_size - made):  # batches lost to bad samples or shards
-            if not batch:
+                reported, made, batch, last = stats["skipped"], made + 1, [], batch
+        lost = count - skip // self.batch_size - made  # batches lost to bad samples or broken shards
+        if lost > 0:
+            log.warning("rank %d: %d batch(es) completed with repeated samples, so that every rank makes as many",
+                        self.rank, lost)
+        for _ in range(lost):
+            source = batch or last
+            if not source:
                 raise RuntimeError(f"rank {self.rank}: no decodable sample left in its shards for epoch {self.epoch}")
-            log.warning("rank %d: batch completed with %d repeated samples", self.rank, self.batch_size - len(batch))
-            batch = (batch * self.batch_size)[:self.batch_size]
+            batch = (source * self.batch_size)[:self.batch_size]
             yield self._collate(batch, stats, reported)
             reported = stats["skipped"]
 
