@@ -67,6 +67,8 @@ setup(
         "pillow>=10",
         "tqdm>=4.60",
         "tensorboard>=2.10",
+        "webdataset>=0.2.86",
+        "fsspec>=2023.1",
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-benchmark>=4", "pytest-timeout>=2"],

@@ -7,6 +7,7 @@
     vlmo-fast convert DATASET ...                         raw data -> ViLT arrow files (see `convert -h`)
     vlmo-fast predict {vqa,embed,retrieve} ...            inference on image files and texts
     vlmo-fast bench step [--dim ...]                      train-step throughput vs the official-style baseline
+    vlmo-fast bench data [--sizes 224 384 480]            images/s of each decoding path from tar shards
     vlmo-fast plot LOG_DIR                                loss curves of a run to LOG_DIR/loss.png
     vlmo-fast pretrained                                  the official weights by name (load_path=NAME works)
     vlmo-fast download NAME ...                           fetch official weights into the cache, print the paths
@@ -37,7 +38,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from vlmo_fast.train.demo import run_demo
-    return run_demo(args.out_dir, quick=args.quick)
+    return run_demo(args.out_dir, quick=args.quick, data_format=args.format)
 
 
 def _plot(args: argparse.Namespace) -> int:
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the quick-start job: synthetic data, tiny model, train, evaluate")
     p.add_argument("out_dir", nargs="?", default="runs/demo")
     p.add_argument("--quick", action="store_true", help="a few steps only (a smoke test)")
+    p.add_argument("--format", choices=("arrow", "wds"), default="arrow", help="train from arrow files or tar shards")
     p.set_defaults(run=_demo)
     add_convert_parser(sub).set_defaults(run=run_convert)
     add_predict_parser(sub).set_defaults(run=_predict)

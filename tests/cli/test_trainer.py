@@ -62,6 +62,14 @@ def test_dali_decoder_trains(synthetic_root, tmp_path):
     assert [r["step"] for r in log] == [1, 2] and all(r["loss"] > 0 for r in log)
 
 
+def test_every_record_has_the_data_stall(synthetic_root, tmp_path):
+    """log.jsonl and TensorBoard get the mean wait of a step for its batch and the stall fraction of the window."""
+    log = run(synthetic_root, tmp_path, "max_train_steps=2")
+    assert all(r["data_wait_s"] > 0 and 0 < r["stall_fraction"] < 1 for r in log)
+    events = list((tmp_path / "tensorboard").glob("events.*"))
+    assert events and b"stall_fraction" in events[0].read_bytes() and b"data_wait_s" in events[0].read_bytes()
+
+
 def test_non_finite_losses_are_skipped_then_stop(synthetic_root, tmp_path):
     with pytest.raises(TrainingStopped, match="non-finite"):
         run(synthetic_root, tmp_path, "max_train_steps=20", "learning_rate=1e30", "warmup_steps=0", "nan_limit=2")
@@ -96,6 +104,20 @@ def test_bench_step_prints_one_json_line_per_impl(capsys):
     lines = [json.loads(l) for l in capsys.readouterr().out.splitlines() if l.startswith("{")]
     assert [l["impl"] for l in lines] == ["vlmo_fast", "official_style"]
     assert all(l["samples_per_s"] > 0 and l["step_s_median"] > 0 for l in lines)
+
+
+def test_bench_data_prints_each_decoder_path(capsys):
+    """`bench data`: images/s per path (PIL in the main process, DALI cpu fed by the loader and reading the shards)."""
+    assert main(["bench", "data", "--images", "12", "--width", "80", "--height", "60", "--sizes", "32",
+                 "--workers", "0", "--batch", "4", "--batches", "1"]) == 0
+    lines = [json.loads(l) for l in capsys.readouterr().out.splitlines() if l.startswith("{")]
+    paths = [l["path"] for l in lines]
+    assert paths[0] == "pil_w0" and all(l["images_per_s"] > 0 and l["image_size"] == 32 for l in lines)
+    try:
+        import nvidia.dali  # noqa: F401
+    except ImportError:
+        return
+    assert paths[1:] == ["dali_cpu", "dali_reader_cpu"]
 
 
 def test_cli_errors_are_clear(capsys):

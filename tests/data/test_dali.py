@@ -47,3 +47,18 @@ def test_dali_train_pipeline(images):
     assert not torch.equal(a, b)  # fresh augmentation per call
     batch = dec.apply({"image_bytes": images, "text": ["x"] * 4})
     assert "image_bytes" not in batch and batch["image"][0].shape == (4, 3, 24, 24)
+
+
+def test_decode_ahead_keeps_order_and_equals_one_at_a_time(images):
+    """decode_ahead decodes `prefetch` batches ahead in a thread (pairs of NLVR2 images too); results and order
+    equal decoding each batch when it is needed."""
+    from vlmo_fast.data.dali import DaliDecoder
+    batches = [{"image_bytes": images[k:] + images[:k], "raw_index": k} for k in range(4)]
+    batches.append({"image_0_bytes": images, "image_1_bytes": images[::-1], "raw_index": 4})
+    ahead = list(DaliDecoder(32, train=False, device="cpu", batch_size=8, prefetch=2).decode_ahead(
+        [dict(b) for b in batches]))
+    single = DaliDecoder(32, train=False, device="cpu", batch_size=8, prefetch=1)
+    assert [b["raw_index"] for b in ahead] == list(range(5))
+    for got, want in zip(ahead, batches):
+        for key in [k for k in want if k.endswith("_bytes")]:
+            assert key not in got and torch.equal(got[key[:-6]][0], single(want[key]))

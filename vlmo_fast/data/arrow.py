@@ -10,13 +10,17 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from vlmo_fast.data.registry import DatasetSpec, get_spec, resolve_files
+from vlmo_fast.data.registry import MANIFEST_SUFFIX, DatasetSpec, get_spec, resolve_files, table_stem
 from vlmo_fast.errors import UnknownNameError
 
 
 def read_arrow(path: str | Path) -> pa.Table:
-    """A whole arrow IPC file (memory-mapped, so image bytes stay on disk until read)."""
+    """A whole arrow IPC file (memory-mapped, so image bytes stay on disk until read), or a table written as tar
+    shards (its manifest `*.shards.json`, read into memory)."""
     path = Path(path)
+    if path.name.endswith(MANIFEST_SUFFIX):
+        from vlmo_fast.data.shards import read_shard_table
+        return read_shard_table(path)
     try:
         return pa.ipc.open_file(pa.memory_map(str(path), "r")).read_all()
     except FileNotFoundError:
@@ -42,7 +46,7 @@ class SplitTable:
                     raise UnknownNameError(f"arrow file {f}: column {self.spec.text_column!r} missing "
                                    f"(columns: {', '.join(t.column_names)})")
         self.table = pa.concat_tables(tables, promote_options="default") if tables else pa.table({})
-        self.table_names = np.concatenate([np.full(t.num_rows, f.stem, dtype=object) for f, t in
+        self.table_names = np.concatenate([np.full(t.num_rows, table_stem(f), dtype=object) for f, t in
                                            zip(self.files, tables)]) if tables else np.zeros(0, dtype=object)
         texts = self.table.column(self.spec.text_column).to_pylist() if tables else []
         if self.spec.remove_duplicate:

@@ -19,6 +19,8 @@ Training differs from the PIL path (transforms.py) in what DALI offers:
 """
 from __future__ import annotations
 
+import queue
+import threading
 import warnings
 
 import torch
@@ -82,10 +84,10 @@ class DaliDecoder:
     """
 
     def __init__(self, image_size: int, *, train: bool, device: torch.device | str = "cuda", batch_size: int = 256,
-                 randaug: bool = True, num_threads: int = 2, seed: int = 0):
+                 randaug: bool = True, num_threads: int = 2, seed: int = 0, prefetch: int = 2):
         _, fn, types = _import_dali()
         self.device = torch.device(device)
-        self.image_size, self.batch_size = image_size, batch_size
+        self.image_size, self.batch_size, self.prefetch = image_size, batch_size, max(1, prefetch)
         gpu = self.device.type == "cuda"
         device_id = (self.device.index or 0) if gpu else None
         from nvidia.dali import pipeline_def
@@ -133,6 +135,48 @@ class DaliDecoder:
 
     def apply(self, batch: dict) -> dict:
         """Replace `image_bytes` (`image_0_bytes`, ...) in a collated batch by decoded `image` lists, in place."""
-        for key in [k for k in batch if k.startswith("image") and k.endswith("_bytes")]:
+        for key in _encoded_keys(batch):
             batch[key[: -len("_bytes")]] = [self(batch.pop(key))]
         return batch
+
+    def decode_ahead(self, batches):
+        """Yield the collated batches with their images decoded, in order, while a thread keeps up to `prefetch`
+        batches decoded ahead (DALI works outside the GIL, so decoding overlaps the consumer's step)."""
+        ready: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+        done = object()
+
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    ready.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def work():
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+            try:
+                for batch in batches:
+                    if not put(self.apply(batch)):
+                        return
+                put(done)
+            except BaseException as e:  # handed to the consumer, raised there
+                put(e)
+
+        thread = threading.Thread(target=work, name="dali-decode-ahead", daemon=True)
+        thread.start()
+        try:
+            while (item := ready.get()) is not done:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            thread.join()
+
+
+def _encoded_keys(batch: dict) -> list[str]:
+    return [k for k in batch if k.startswith("image") and k.endswith("_bytes")]

@@ -74,43 +74,54 @@ class ArrowDataset(Dataset):
                 log.warning("%s/%s: skipping sample %d: %s", self.name, self.split, (index + k) % n, e)
         raise RuntimeError(f"{self.name}/{self.split}: no sample has a decodable image")
 
-    def _image(self, column: str, row: int, rng: np.random.Generator, out: dict, key: str) -> None:
-        data = self.table.value(column, row)
-        where = f"{self.table.row_key(row)} column {column}"
-        if self.transform is None:
-            decode_rgb(data, where)  # validates even when a later batch decoder does the real work
-            out[f"{key}_bytes"] = data
-        else:
-            out[key] = self.transform(decode_rgb(data, where), rng)
-
     def _sample(self, index: int) -> dict:
         row, cap = int(self.table.rows[index]), int(self.table.caps[index])
-        seed = sample_seed(self.seed, self.epoch, index)
-        rng = np.random.default_rng(seed)
-        out: dict = {"raw_index": index, "img_index": row, "cap_index": cap,
-                     "table_name": str(self.table.table_names[row]), "sample_seed": seed}
-        text = self.table.texts[row][cap] if cap >= 0 else ""
-        if cap >= 0 or self.kind == "text":
-            out["text"] = text
-            out["text_ids"] = self.tokenizer.encode_ids([text], self.max_text_len)[0]
-        if self.kind in ("caption", "vqa"):
-            self._image("image", row, rng, out, "image")
-        elif self.kind == "nlvr2":
-            self._image("image_0", row, rng, out, "image_0")
-            self._image("image_1", row, rng, out, "image_1")
-            if cap >= 0:
-                out["answers"] = int(self.table.value("answers", row)[cap] == "True")
-        if self.kind == "vqa" and cap >= 0:
-            out["vqa_answer"] = self._list_at("answers", row, cap)
-            out["vqa_labels"] = self._list_at("answer_labels", row, cap)
-            out["vqa_scores"] = self._list_at("answer_scores", row, cap)
-            out["qid"] = self.table.value("question_id", row)[cap]
-        return out
+        return build_sample(self.table, self.kind, index, row, cap, seed=sample_seed(self.seed, self.epoch, index),
+                            transform=self.transform, tokenizer=self.tokenizer, max_text_len=self.max_text_len)
 
-    def _list_at(self, column: str, row: int, cap: int) -> list:
-        # The test split has no answers: the official writer stores empty lists there.
-        values = self.table.value(column, row) or []
-        return list(values[cap]) if cap < len(values) else []
+
+def _image(table, column: str, row: int, rng: np.random.Generator, out: dict, key: str,
+           transform: ImageTransform | None) -> None:
+    data = table.value(column, row)
+    where = f"{table.row_key(row)} column {column}"
+    if transform is None:
+        decode_rgb(data, where)  # validates even when a later batch decoder does the real work
+        out[f"{key}_bytes"] = data
+    else:
+        out[key] = transform(decode_rgb(data, where), rng)
+
+
+def _list_at(table, column: str, row: int, cap: int) -> list:
+    # The test split has no answers: the official writer stores empty lists there.
+    values = table.value(column, row) or []
+    return list(values[cap]) if cap < len(values) else []
+
+
+def build_sample(table, kind: str, index: int, row: int, cap: int, *, seed: int, transform: ImageTransform | None,
+                 tokenizer: BertTokenizer, max_text_len: int) -> dict:
+    """Sample `index` (text `cap` of row `row`, -1 image-only) of a table: anything with `texts`, `table_names`,
+    `value(column, row)` and `row_key(row)` (a SplitTable, or the rows of a tar shard).  kind "text" gives the
+    text fields only.  Raises BadImage naming the row when an image does not decode."""
+    rng = np.random.default_rng(seed)
+    out: dict = {"raw_index": index, "img_index": row, "cap_index": cap,
+                 "table_name": str(table.table_names[row]), "sample_seed": seed}
+    text = table.texts[row][cap] if cap >= 0 else ""
+    if cap >= 0 or kind == "text":
+        out["text"] = text
+        out["text_ids"] = tokenizer.encode_ids([text], max_text_len)[0]
+    if kind in ("caption", "vqa"):
+        _image(table, "image", row, rng, out, "image", transform)
+    elif kind == "nlvr2":
+        _image(table, "image_0", row, rng, out, "image_0", transform)
+        _image(table, "image_1", row, rng, out, "image_1", transform)
+        if cap >= 0:
+            out["answers"] = int(table.value("answers", row)[cap] == "True")
+    if kind == "vqa" and cap >= 0:
+        out["vqa_answer"] = _list_at(table, "answers", row, cap)
+        out["vqa_labels"] = _list_at(table, "answer_labels", row, cap)
+        out["vqa_scores"] = _list_at(table, "answer_scores", row, cap)
+        out["qid"] = table.value("question_id", row)[cap]
+    return out
 
 
 class TextOnlyView(Dataset):

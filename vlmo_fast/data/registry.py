@@ -12,6 +12,8 @@ from pathlib import Path
 
 from vlmo_fast.errors import UnknownNameError
 
+MANIFEST_SUFFIX = ".shards.json"  # a table written as tar shards (vlmo_fast.data.shards)
+
 
 @dataclass(frozen=True, kw_only=True)
 class DatasetSpec:
@@ -82,15 +84,29 @@ def resolve_files(data_root: str | Path, name: str, split: str) -> list[Path]:
             files += _shards(root, stem[:-2], name, split)
             continue
         path = root / f"{stem}.arrow"
+        if not path.is_file() and (root / f"{stem}{MANIFEST_SUFFIX}").is_file():
+            path = root / f"{stem}{MANIFEST_SUFFIX}"  # the table as tar shards (shards.py)
         if not path.is_file():
-            raise FileNotFoundError(f"dataset {name!r} split {split!r}: arrow file {path} not found")
+            raise FileNotFoundError(f"dataset {name!r} split {split!r}: arrow file {path} not found "
+                                    f"(nor shards {root / stem}{MANIFEST_SUFFIX})")
         files.append(path)
     return files
 
 
+def table_stem(path: Path) -> str:
+    """The table name of an arrow file or a shard manifest: `coco_caption_karpathy_val`."""
+    name = Path(path).name
+    return name[:-len(MANIFEST_SUFFIX)] if name.endswith(MANIFEST_SUFFIX) else Path(path).stem
+
+
 def _shards(root: Path, prefix: str, name: str, split: str) -> list[Path]:
+    suffix = ".arrow"
     found = sorted(root.glob(f"{prefix}_*.arrow"))
-    indices = sorted(int(p.stem[len(prefix) + 1:]) for p in found if p.stem[len(prefix) + 1:].isdigit())
+    if not found and sorted(root.glob(f"{prefix}_*{MANIFEST_SUFFIX}")):
+        suffix = MANIFEST_SUFFIX
+        found = sorted(root.glob(f"{prefix}_*{MANIFEST_SUFFIX}"))
+    numbers = [table_stem(p)[len(prefix) + 1:] for p in found]
+    indices = sorted(int(n) for n in numbers if n.isdigit())
     if not indices:
         raise FileNotFoundError(f"dataset {name!r} split {split!r}: no arrow file {root / prefix}_0.arrow "
                                 f"(sharded as {prefix}_0.arrow, {prefix}_1.arrow, ...)")
@@ -98,4 +114,15 @@ def _shards(root: Path, prefix: str, name: str, split: str) -> list[Path]:
     if missing:
         raise FileNotFoundError(f"dataset {name!r} split {split!r}: shard {root / prefix}_{missing[0]}.arrow "
                                 f"missing between shards 0 and {indices[-1]}")
-    return [root / f"{prefix}_{i}.arrow" for i in indices]
+    return [root / f"{prefix}_{i}{suffix}" for i in indices]
+
+
+def spec_of_table(table: str) -> DatasetSpec | None:
+    """The dataset whose splits name this arrow table (`sbu_3` -> sbu), None if none does."""
+    for spec in DATASETS.values():
+        for stems in spec.splits.values():
+            for stem in stems:
+                if stem == table or (stem.endswith("_*") and table.startswith(stem[:-1])
+                                     and table[len(stem) - 1:].isdigit()):
+                    return spec
+    return None

@@ -8,8 +8,10 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 
 from vlmo_fast.data.collate import Collator
+from vlmo_fast.data.dali import DaliDecoder
 from vlmo_fast.data.datasets import TextOnlyView, build_dataset, set_epoch
 from vlmo_fast.data.registry import get_spec
+from vlmo_fast.data.wds import WdsSplit
 
 # Answer vocabularies written beside the VQA arrow files by the converters (label -> answer).
 ANSWER_FILES = {"vqa": "vqav2_answers.json", "synthetic_vqa": "synthetic_vqa_answers.json"}
@@ -26,10 +28,25 @@ def answer_vocabulary(config: dict) -> list[str] | None:
     return None
 
 
-def build_split(config: dict, split: str, train: bool, image_only: bool = False, decode: str = "pil") -> Dataset:
+DATA_FORMATS = ("arrow", "wds")
+
+
+def data_format(config: dict) -> str:
+    """The config's data_format, checked."""
+    fmt = config["data_format"]
+    if fmt not in DATA_FORMATS:
+        raise ValueError(f"data_format={fmt!r}: expected one of {', '.join(DATA_FORMATS)}")
+    return fmt
+
+
+def build_split(config: dict, split: str, train: bool, image_only: bool = False,
+                decode: str = "pil") -> Dataset | WdsSplit:
     """The concatenation of the task's datasets for a split (text-only tasks read only the captions).
-    decode="dali" leaves the images encoded for the batch-wise DALI decoder."""
+    decode="dali" leaves the images encoded for the batch-wise DALI decoder.  With data_format=wds the training
+    split streams from tar shards (a WdsSplit; evaluation splits are read whole, see arrow.py)."""
     text_only = config["loss_names"].get("textmlm", 0) > 0
+    if data_format(config) == "wds" and train and not image_only:
+        return WdsSplit(config, split, train=train, decode=decode, text_only=text_only)
     parts = []
     for name in config["datasets"]:
         if not get_spec(name).splits.get(split):
@@ -55,6 +72,22 @@ def epoch_order(n: int, seed: int, epoch: int, rank: int = 0, world: int = 1) ->
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch)).tolist()
     per_rank = n // world
     return perm[rank:per_rank * world:world]
+
+
+def epoch_loader(dataset: Dataset | WdsSplit, config: dict, batch_size: int, accumulate: int, epoch: int,
+                 start_batch: int, rank: int, world: int, device: torch.device, dali: DaliDecoder | None = None):
+    """This rank's batches of an epoch from batch `start_batch` on (a resume), whole steps only: the same number
+    on every rank.  With a DALI decoder, the images of the next batches are decoded while a batch trains."""
+    workers = int(config["num_workers"])
+    if isinstance(dataset, WdsSplit):
+        data = dataset.loader(epoch=epoch, rank=rank, world=world, batch_size=batch_size,
+                              unit=batch_size * accumulate, workers=workers, start_batch=start_batch,
+                              pin_memory=device.type == "cuda")
+    else:
+        order = epoch_order(len(dataset), int(config["seed"]), epoch, rank, world)
+        usable = (len(order) // (batch_size * accumulate)) * batch_size * accumulate
+        data = loader(dataset, order[start_batch * batch_size:usable], config, batch_size, epoch, True, device)
+    return data if dali is None else dali.decode_ahead(data)
 
 
 def loader(dataset: Dataset, indices: list[int], config: dict, batch_size: int, epoch: int, drop_last: bool,

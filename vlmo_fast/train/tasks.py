@@ -28,6 +28,8 @@ FAST_DEFAULTS: dict = {
     "checkpoint_on_error": "stop",  # a save that fails (disk full): stop the run, or retry at the next interval
     "nan_limit": 10,               # stop after this many skipped steps with a non-finite loss
     "eval_limit": 0,               # evaluate on at most this many samples (images for retrieval); 0 = all
+    "data_format": "arrow",        # arrow (the official files) or wds (tar shards streamed: vlmo_fast/data/wds.py)
+    "wds_shuffle_buffer": 1000,    # data_format=wds: samples each loader worker shuffles among
 }
 DEFAULTS = {**OFFICIAL_DEFAULTS, **FAST_DEFAULTS}
 

@@ -27,7 +27,7 @@ from .checkpoint_policy import check_checkpoint_keys, on_save_failure
 from .checkpointing import (load_training_state, rng_states, save_replicated_training_state,
                             save_sharded_training_state)
 from vlmo_fast.data.dali import DaliDecoder, pick_decoder
-from .data import answer_vocabulary, augments, build_split, epoch_order, loader, to_device
+from .data import answer_vocabulary, augments, build_split, epoch_loader, to_device
 from .evaluate import evaluate
 from .intact import has_checkpoint, resume_checkpoint
 from .optim import make_optimizer, make_scheduler, warmup_steps_of
@@ -36,6 +36,19 @@ from .sharding import STRATEGIES, average_gradients, full_state_dict, shard
 from .step import task_losses
 
 log = logging.getLogger(__name__)
+
+
+def timed(batches, stall: dict):
+    """Yield the batches, adding the time spent waiting for each to stall["wait"] (the data stall)."""
+    it = None
+    while True:
+        start = time.perf_counter()
+        it = iter(batches) if it is None else it  # starting the loader's workers is part of the first wait
+        batch = next(it, None)
+        stall["wait"] += time.perf_counter() - start
+        if batch is None:
+            return
+        yield batch
 
 
 class TrainingStopped(RuntimeError):
@@ -267,17 +280,17 @@ class Trainer:
         self.model.train()
         bar = tqdm(total=stop, initial=self.step, disable=not self._is_main(), desc=cfg["exp_name"], unit="step")
         samples, flops, t0, window_loss = 0, 0.0, time.perf_counter(), []
+        stall = {"wait": 0.0, "steps": 0}  # time the steps of the log window waited for their batches
         peak = device_peak(torch.cuda.get_device_name(self.device)) if self.device.type == "cuda" else None
         while self.step < stop and self._stop_signal is None:
-            order = epoch_order(len(dataset), int(cfg["seed"]), self.epoch, self.rank, self.world)
-            usable = (len(order) // (B * accumulate)) * B * accumulate
-            data = loader(dataset, order[self.micro * B:usable], cfg, B, self.epoch, True, self.device)
+            data = epoch_loader(dataset, cfg, B, accumulate, self.epoch, self.micro, self.rank, self.world,
+                                self.device, self.dali)
             bad = False
-            for batch in data:
+            for batch in timed(data, stall):
+                ready = time.perf_counter()
                 step_work = step_flops(self.model.cfg, self.tasks, batch["text_lens"].tolist())  # host-side lengths
-                if self.dali is not None:
-                    batch = self.dali.apply(batch)
                 batch = to_device(batch, self.device)
+                stall["wait"] += time.perf_counter() - ready
                 boundary = (self.micro + 1) % accumulate == 0
                 self.step_module.generator = torch.Generator(self.device).manual_seed(
                     int(cfg["seed"]) * 1_000_003 + self.step * accumulate * self.world + self.micro * self.world
@@ -312,6 +325,7 @@ class Trainer:
                     self.optimizer.zero_grad(set_to_none=True)
                     self.scheduler.step()
                 self.step += 1
+                stall["steps"] += 1
                 bar.update(1)
                 if self.step % int(cfg["log_every"]) == 0 or self.step == stop:
                     dt = time.perf_counter() - t0
@@ -319,10 +333,12 @@ class Trainer:
                     record = {"step": self.step, "epoch": self.epoch, "loss": mean_loss,
                               "lr": self.scheduler.get_last_lr()[0], "samples_per_s": samples / dt,
                               "tflops_per_s": flops / dt / 1e12, **({"mfu": flops / dt / peak} if peak else {}),
+                              "data_wait_s": stall["wait"] / stall["steps"], "stall_fraction": stall["wait"] / dt,
                               **{k: v.item() for k, v in losses.items()}, **{k: v.item() for k, v in metrics.items()}}
                     self._log(record)
                     bar.set_postfix(loss=f"{mean_loss:.3f}", samples_s=f"{samples / dt:.1f}")
                     samples, flops, t0, window_loss = 0, 0.0, time.perf_counter(), []
+                    stall.update(wait=0.0, steps=0)
                 every = int(cfg["checkpoint_every"])
                 if every and self.step % every == 0:
                     self._save()

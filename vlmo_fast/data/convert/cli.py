@@ -11,6 +11,8 @@
     vlmo-fast convert gcc TSV IMAGE_ROOT OUT_DIR [--split train|val] [--shard-rows 100000]
     vlmo-fast convert wikibk TEXT [TEXT ...] OUT_DIR [--split train|val] [--shard-rows 100000]
     vlmo-fast convert synthetic OUT_DIR [--seed 0] [--image-size 64]
+    vlmo-fast convert shards ARROW_DIR OUT_DIR                      arrow tables -> WebDataset tar shards
+Every converter takes --format wds (tar shards instead of arrow files) and --shard-samples N (rows per shard).
 """
 from __future__ import annotations
 
@@ -29,6 +31,10 @@ def add_convert_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     def add(name: str, help: str) -> argparse.ArgumentParser:
         q = sub.add_parser(name, help=help)
         q.add_argument("--no-progress", action="store_true", help="no progress bar")
+        q.add_argument("--shard-samples", type=int, default=10_000, help="rows (images) per tar shard (wds)")
+        if name != "shards":
+            q.add_argument("--format", choices=("arrow", "wds"), default="arrow",
+                           help="arrow files (official) or WebDataset tar shards with DALI index files")
         return q
 
     for name in ("coco", "f30k"):
@@ -66,11 +72,15 @@ def add_convert_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     q.add_argument("out_dir")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--image-size", type=int, default=64)
+    q = add("shards", "arrow tables of a directory -> WebDataset tar shards, DALI index files and manifests")
+    q.add_argument("arrow_dir")
+    q.add_argument("out_dir")
     return p
 
 
-def _convert_web(args: argparse.Namespace, progress_bar: bool):
-    """SBU / GCC from the official layout (ROOT OUT_DIR) or from a caption list (TSV IMAGE_ROOT OUT_DIR)."""
+def _web_converter(args: argparse.Namespace, progress_bar: bool):
+    """SBU / GCC from the official layout (ROOT OUT_DIR) or from a caption list (TSV IMAGE_ROOT OUT_DIR), as a
+    function of the output directory."""
     from vlmo_fast.data.convert.captions import convert_gcc, convert_sbu
     from vlmo_fast.data.convert.web_captions import convert_gcc_layout, convert_sbu_layout
 
@@ -79,41 +89,59 @@ def _convert_web(args: argparse.Namespace, progress_bar: bool):
     kw = dict(shard_rows=args.shard_rows, progress_bar=progress_bar)
     if args.dataset == "gcc":
         kw["split"] = args.split
-    if len(args.paths) == 2:
-        return (convert_sbu_layout if args.dataset == "sbu" else convert_gcc_layout)(*args.paths, **kw)
-    return (convert_sbu if args.dataset == "sbu" else convert_gcc)(*args.paths, **kw)
+    *inputs, args.out_dir = args.paths
+    if len(inputs) == 1:
+        fn = convert_sbu_layout if args.dataset == "sbu" else convert_gcc_layout
+    else:
+        fn = convert_sbu if args.dataset == "sbu" else convert_gcc
+    return lambda out: fn(*inputs, out, **kw)
 
 
-def run_convert(args: argparse.Namespace) -> int:
-    """Run the converter chosen by `args.dataset`; prints a summary; returns the exit code (0 on success)."""
+def _converter(args: argparse.Namespace):
+    """The converter chosen by `args.dataset` as a function of the output directory."""
     from vlmo_fast.data.convert.captions import convert_vg, convert_wikibk
     from vlmo_fast.data.convert.karpathy import convert_karpathy
     from vlmo_fast.data.convert.nlvr2 import convert_nlvr2
     from vlmo_fast.data.convert.vqa import convert_vqa
     from vlmo_fast.data.synthetic import write_synthetic
 
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     pb = not args.no_progress
     d = args.dataset
     if d in ("coco", "f30k"):
-        report = convert_karpathy(args.karpathy_json, args.image_root, args.out_dir, dataset=d, progress_bar=pb)
-    elif d == "vqa":
-        report = convert_vqa(args.root, args.out_dir, min_answer_count=args.min_answer_count,
-                             rest_val_images=args.rest_val_images, seed=args.seed, progress_bar=pb)
-    elif d == "nlvr2":
-        report = convert_nlvr2(args.root, args.out_dir, json_dir=args.json_dir, progress_bar=pb)
-    elif d == "vg":
-        report = convert_vg(args.regions_json, args.image_root, args.out_dir, progress_bar=pb)
-    elif d in ("sbu", "gcc"):
-        report = _convert_web(args, pb)
-    elif d == "wikibk":
+        return lambda out: convert_karpathy(args.karpathy_json, args.image_root, out, dataset=d, progress_bar=pb)
+    if d == "vqa":
+        return lambda out: convert_vqa(args.root, out, min_answer_count=args.min_answer_count,
+                                       rest_val_images=args.rest_val_images, seed=args.seed, progress_bar=pb)
+    if d == "nlvr2":
+        return lambda out: convert_nlvr2(args.root, out, json_dir=args.json_dir, progress_bar=pb)
+    if d == "vg":
+        return lambda out: convert_vg(args.regions_json, args.image_root, out, progress_bar=pb)
+    if d in ("sbu", "gcc"):
+        return _web_converter(args, pb)
+    if d == "wikibk":
         if len(args.paths) < 2:
             raise SystemExit("convert wikibk: give at least one text file and then OUT_DIR")
-        report = convert_wikibk(args.paths[:-1], args.paths[-1], split=args.split, shard_rows=args.shard_rows,
-                                progress_bar=pb)
-    elif d == "synthetic":
-        report = write_synthetic(args.out_dir, seed=args.seed, image_size=args.image_size, progress_bar=pb)
+        args.out_dir = args.paths[-1]
+        return lambda out: convert_wikibk(args.paths[:-1], out, split=args.split, shard_rows=args.shard_rows,
+                                          progress_bar=pb)
+    if d == "synthetic":
+        return lambda out: write_synthetic(out, seed=args.seed, image_size=args.image_size, progress_bar=pb)
+    raise SystemExit(f"convert: unknown dataset {d!r}")
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    """Run the converter chosen by `args.dataset`; prints a summary; returns the exit code (0 on success)."""
+    from vlmo_fast.data.convert.to_shards import arrow_to_shards, convert_as_shards
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    pb = not args.no_progress
+    if args.dataset == "shards":
+        report = arrow_to_shards(args.arrow_dir, args.out_dir, max_samples=args.shard_samples, progress_bar=pb)
     else:
-        raise SystemExit(f"convert: unknown dataset {d!r}")
+        convert = _converter(args)
+        if args.format == "wds":
+            report = convert_as_shards(convert, args.out_dir, max_samples=args.shard_samples, progress_bar=pb)
+        else:
+            report = convert(args.out_dir)
     print(report.summary())
     return 0
