@@ -102,9 +102,6 @@ def measure(impls: dict, steps: int, warmup: int, device) -> dict[str, list[floa
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    if args.what == "data":
-        from vlmo_fast.bench_data import run_data_bench
-        return run_data_bench(args)
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.preset:
         cfg = preset(args.preset, image_size=args.image, max_text_len=args.text_len, drop_path_rate=0.1)
@@ -154,7 +151,8 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_bench_parser(subparsers) -> argparse.ArgumentParser:
+def add_bench_parser(subparsers):
+    """The `bench` parser and its subcommands' action (`bench data` is added beside `step` by the CLI)."""
     p = subparsers.add_parser("bench", help="benchmarks (see benchmarks/ for the per-op suite)")
     sub = p.add_subparsers(dest="what", required=True)
     q = sub.add_parser("step", help="train-step samples/s: vlmo-fast vs the official-style baseline")
@@ -173,6 +171,4 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
                    help="default fp32 on the CPU, bf16 on CUDA")
     q.add_argument("--impl", action="append", choices=("vlmo_fast", "official_style"), help="run only these")
     q.add_argument("--seed", type=int, default=0)
-    from vlmo_fast.bench_data import add_data_bench_parser
-    add_data_bench_parser(sub)
-    return p
+    return p, sub

@@ -53,6 +53,9 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.what == "data":
+        from vlmo_fast.bench_data import run_data_bench
+        return run_data_bench(args)
     from vlmo_fast.bench import run_bench
     return run_bench(args)
 
@@ -61,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     from vlmo_fast.data.convert.cli import add_convert_parser, run_convert
     from vlmo_fast.predict import add_predict_parser
     from vlmo_fast.bench import add_bench_parser
+    from vlmo_fast.bench_data import add_data_bench_parser
     from vlmo_fast.pretrained.cli import add_pretrained_parsers
 
     parser = argparse.ArgumentParser(prog="vlmo-fast", description=__doc__,
@@ -78,7 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_demo)
     add_convert_parser(sub).set_defaults(run=run_convert)
     add_predict_parser(sub).set_defaults(run=_predict)
-    add_bench_parser(sub).set_defaults(run=_bench)
+    bench, bench_sub = add_bench_parser(sub)
+    add_data_bench_parser(bench_sub)
+    bench.set_defaults(run=_bench)
     p = sub.add_parser("plot", help="plot the loss curves of a run (LOG_DIR/log.jsonl) to LOG_DIR/loss.png")
     p.add_argument("log_dir")
     p.set_defaults(run=_plot)
