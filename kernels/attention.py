@@ -2,7 +2,7 @@
 
 Computes, for every query row of pair p, softmax(q k^T * scale + bias) v over the keys of pair p: its real
 text tokens and its image tokens (design.md, "The packed layout").  The bias of a (query, key) pair is read
-from the layer's columns of the relative-position table by the rule of vlmo_fast.ops.relpos, from the
+from the layer's columns of the relative-position table by the rule of kernels/relpos.py, from the
 modality and in-segment position of query and key, so it is never materialised per pair.
 
 Why it is fast: one flash-attention style program per (pair, query tile, head) walks only its own pair's keys
@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from vlmo_fast.ops.layout import PackedLayout
+from .layout import PackedLayout
 
 from .attention_bwd import attention_bwd
 from .autocast import compute_dtype
