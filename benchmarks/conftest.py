@@ -1,6 +1,7 @@
 """Shared benchmark helpers: one timing routine (CUDA-synchronised on GPU) and the environment of a result."""
 from __future__ import annotations
 
+import os
 import platform
 
 import pytest
@@ -40,6 +41,8 @@ def timed(benchmark):
 
         if benchmark.disabled:  # --benchmark-disable: one plain call, as a smoke test of the case
             return call()
+        if os.environ.get("VLMO_FAST_BENCH_QUICK") == "1":  # gpu_check.sh --dry-run: one timed call, no warmup
+            rounds, warmup = 1, 0
         for _ in range(warmup):
             call()
         result = benchmark.pedantic(call, rounds=rounds, iterations=1)
