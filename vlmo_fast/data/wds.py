@@ -16,7 +16,6 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from vlmo_fast.data.collate import Collator
@@ -27,7 +26,7 @@ from vlmo_fast.data.shards import ShardError, iter_records, record_row
 from vlmo_fast.data.sources import ShardStream
 from vlmo_fast.data.tokenizer import get_tokenizer
 from vlmo_fast.data.transforms import get_transform
-from vlmo_fast.data.wds_plan import Shard, ShardCheck, Span, shard_order, split_shards, worker_spans
+from vlmo_fast.data.wds_plan import Shard, Span, shard_order, split_shards, worker_spans
 
 log = logging.getLogger(__name__)
 SKIPPED_KEY = "wds_skipped"  # per batch: samples the worker skipped since its previous batch (popped by WdsLoader)

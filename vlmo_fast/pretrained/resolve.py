@@ -13,7 +13,7 @@ try:
 except ImportError:  # not POSIX: concurrent downloads into one cache are not serialised there
     fcntl = None
 
-from .cache import Cache, DownloadError, OfflineError, Record, offline, source_url
+from .cache import Cache, OfflineError, Record, offline, source_url
 from .download import fetch
 from .registry import PRETRAINED, PretrainedWeight, get_weight
 
