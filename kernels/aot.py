@@ -168,11 +168,13 @@ def _config_name(kwargs: dict, num_warps: int, num_stages: int) -> str:
     return f"{tiles or '-'}/w{num_warps}/s{num_stages}"
 
 
-def _records(launch: Launch, dtype_name: str, head_dim: int | None, seen: set) -> list[Record]:
+def _records(launch: Launch, dtype_name: str, head_dim: int | None, seen: set, only: str = "") -> list[Record]:
     import triton
 
     kernel = launch.kernel
     fn = kernel.fn if isinstance(kernel, triton.runtime.Autotuner) else kernel
+    if only not in fn.__name__:
+        return []
     bound = dict(zip(fn.arg_names, launch.args)) | launch.kwargs
     variant = ",".join(f"{k}={v}" for k, v in launch.kwargs.items() if k not in ("HEAD_DIM", "BLOCK_D"))
     if isinstance(kernel, triton.runtime.Autotuner):
@@ -195,8 +197,9 @@ def _records(launch: Launch, dtype_name: str, head_dim: int | None, seen: set) -
     return out
 
 
-def report_part(dtype_name: str, head_dim: int | None) -> list[Record]:
-    """The records of one dtype: the FFN kernels (head_dim None) or attention at one head dim."""
+def report_part(dtype_name: str, head_dim: int | None, only: str = "") -> list[Record]:
+    """The records of one dtype: the FFN kernels (head_dim None) or attention at one head dim; `only` keeps the
+    kernels whose name contains it."""
     import torch
 
     dtype = getattr(torch, DTYPES[dtype_name])
@@ -207,17 +210,18 @@ def report_part(dtype_name: str, head_dim: int | None) -> list[Record]:
     records: list[Record] = []
     seen: set = set()
     for launch in launches:
-        records += _records(launch, dtype_name, head_dim, seen)
+        records += _records(launch, dtype_name, head_dim, seen, only)
     return records
 
 
-def build_report(dtypes: list[str], head_dims: list[int], jobs: int = 1, progress=None) -> list[Record]:
+def build_report(dtypes: list[str], head_dims: list[int], jobs: int = 1, progress=None,
+                 only: str = "") -> list[Record]:
     """Every kernel, config, dtype and head dim (head_dim None for the FFN kernels), in `jobs` processes."""
     parts = [(d, hd) for d in dtypes for hd in [None, *head_dims]]
     if jobs <= 1:
         results = []
         for part in parts:
-            results.append(report_part(*part))
+            results.append(report_part(*part, only))
             if progress:
                 progress(part)
         return [r for rs in results for r in rs]
@@ -225,7 +229,7 @@ def build_report(dtypes: list[str], head_dims: list[int], jobs: int = 1, progres
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(report_part, *part) for part in parts]
+        futures = [pool.submit(report_part, *part, only) for part in parts]
         results = []
         for part, future in zip(parts, futures):
             results.append(future.result())
@@ -257,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", required=True, help="where the JSON list of records goes")
     parser.add_argument("--markdown", help="also write the table as markdown here")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compiling processes")
+    parser.add_argument("--only", default="", help="only the kernels whose name contains this")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") == "1" or "vlmo_fast.kernels.attention" in sys.modules:
         parser.error("compile in a fresh process without TRITON_INTERPRET=1 (interpreted kernels cannot compile)")
@@ -268,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown dtypes {unknown}; choose from {sorted(DTYPES)}")
     head_dims = [int(h) for h in args.head_dims.split(",") if h]
-    records = build_report(dtypes, head_dims, args.jobs,
+    records = build_report(dtypes, head_dims, args.jobs, only=args.only,
                            progress=lambda part: print(f"compiled {part[0]} " + (f"attention, head dim {part[1]}"
                                                        if part[1] else "expert FFN"), file=sys.stderr, flush=True))
     with open(args.json, "w") as f:
