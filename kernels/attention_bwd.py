@@ -222,8 +222,8 @@ def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, ls
     q, k, v, dout = rows_major(q), rows_major(k), rows_major(v), rows_major(dout)
     T, H, dh = q.shape
     P = seg[0].shape[0]
-    # zeros: padded text rows are queries only, so no key program writes their dk, dv
-    dq, dk, dv = q.new_zeros(q.shape), k.new_zeros(k.shape), v.new_zeros(v.shape)
+    # zeros: padded text rows are queries only, so no key program writes their dk, dv; every row is a query
+    dq, dk, dv = q.new_empty(q.shape), k.new_zeros(k.shape), v.new_zeros(v.shape)
     M = max_text_q + max_image
     dbias = q.new_zeros(H, M, M, dtype=torch.float32) if table is not None else q.new_zeros(1, dtype=torch.float32)
     if T and P:
@@ -248,6 +248,8 @@ def attention_bwd(dout: Tensor, q: Tensor, k: Tensor, v: Tensor, out: Tensor, ls
 
         _dkdv_kernel[grid_k](q, k, v, dout, lse, delta, dk, dv, tab, dbias, *common, **meta)
         _dq_kernel[grid_q](q, k, v, dout, lse, delta, dq, tab, *common, **meta)
+    else:
+        dq.zero_()
     if table is None:
         return dq, dk, dv, q.new_empty(0)
     dtable = torch.zeros(table.shape, device=q.device, dtype=torch.float32)

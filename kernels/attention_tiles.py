@@ -120,6 +120,17 @@ def load_rows(Ptr, rows, row_mask, stride, HEAD_DIM: tl.constexpr, BLOCK_D: tl.c
     return tl.load(Ptr + rows[:, None] * stride + offs_d[None, :], mask=mask, other=0.0)
 
 
+# _cls_rows: a segment's [CLS] (position 0) reads its own rows, the last three of the segment's block of the table
+# (block_end - 3: [CLS] query, - 2: [CLS] key, - 1: both); other entries keep `row`.
+@triton.jit
+def _cls_rows(row, q_pos, k_pos, block_end):
+    q0 = q_pos == 0
+    k0 = k_pos == 0
+    row = tl.where(q0, block_end - 3, row)
+    row = tl.where(k0, block_end - 2, row)
+    return tl.where(q0 & k0, block_end - 1, row)
+
+
 # bias: the relative-position bias of broadcastable in-segment positions q_pos and k_pos (int32; e.g. (M, 1)
 # and (1, N) for a query-major tile, (1, M) and (N, 1) for a key-major one), read from one head's column of the
 # table at TableH (rows `stride_tr` apart), fp32.  `mask` marks real entries (the others may index outside the
@@ -129,12 +140,7 @@ def load_rows(Ptr, rows, row_mask, stride, HEAD_DIM: tl.constexpr, BLOCK_D: tl.c
 def bias(TableH, q_pos, k_pos, mask, stride_tr, window, l0, nrd, num_rows,
          Q_TEXT: tl.constexpr, K_TEXT: tl.constexpr):
     if Q_TEXT and K_TEXT:
-        row = nrd + l0 + (k_pos - q_pos)
-        q0 = q_pos == 0
-        k0 = k_pos == 0
-        row = tl.where(q0, num_rows - 3, row)
-        row = tl.where(k0, num_rows - 2, row)
-        row = tl.where(q0 & k0, num_rows - 1, row)
+        row = _cls_rows(nrd + l0 + (k_pos - q_pos), q_pos, k_pos, num_rows)
         b = tl.load(TableH + row.to(tl.int64) * stride_tr, mask=mask, other=0.0).to(tl.float32)
     elif Q_TEXT:
         b = tl.load(TableH + nrd * stride_tr).to(tl.float32)  # text query -> image key: one row
@@ -146,11 +152,6 @@ def bias(TableH, q_pos, k_pos, mask, stride_tr, window, l0, nrd, num_rows,
         q_c = (q_pos - 1) - q_r * window
         k_r = (k_pos - 1) // window
         k_c = (k_pos - 1) - k_r * window
-        row = (q_r - k_r + window - 1) * (2 * window - 1) + (q_c - k_c + window - 1)
-        q0 = q_pos == 0
-        k0 = k_pos == 0
-        row = tl.where(q0, nrd - 3, row)
-        row = tl.where(k0, nrd - 2, row)
-        row = tl.where(q0 & k0, nrd - 1, row)
+        row = _cls_rows((q_r - k_r + window - 1) * (2 * window - 1) + (q_c - k_c + window - 1), q_pos, k_pos, nrd)
         b = tl.load(TableH + row.to(tl.int64) * stride_tr, mask=mask, other=0.0).to(tl.float32)
     return b
