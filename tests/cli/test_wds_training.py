@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 
 import pytest
 
+from tests.data.helpers import damaged_shards
 from tests.tiny import TINY
 from vlmo_fast.data.convert.to_shards import arrow_to_shards
 from vlmo_fast.train.tasks import resolve
@@ -22,15 +22,10 @@ def wds_root(synthetic_root, tmp_path_factory):
 
 
 def test_training_goes_on_over_a_corrupt_sample_a_truncated_and_a_missing_shard(wds_root, tmp_path, caplog):
-    root = tmp_path / "damaged"
-    shutil.copytree(wds_root, root)
-    (root / "synthetic_caption_train-000001.tar").unlink()
-    truncated = root / "synthetic_caption_train-000003.tar"
-    truncated.write_bytes(truncated.read_bytes()[:3000])
-    for shard in root.glob("synthetic_caption_train-*.tar"):  # the first image of every shard broken
-        data = shard.read_bytes()
-        at = data.index(b"\x89PNG")
-        shard.write_bytes(data[:at + 8] + bytes(200) + data[at + 208:])
+    # the first image of every shard broken
+    root = damaged_shards(wds_root, tmp_path / "damaged", missing="synthetic_caption_train-000001.tar",
+                          truncated="synthetic_caption_train-000003.tar", keep_bytes=3000,
+                          corrupt="synthetic_caption_train-*.tar", broken=200)
     config = resolve("task_mlm_itm_itc_tiny", TINY + ["data_format=wds", f"data_root={root}", f"log_dir={tmp_path / 'run'}",
                                                       "max_train_steps=4", "wds_shuffle_buffer=1", "seed=1"])
     with caplog.at_level(logging.WARNING):

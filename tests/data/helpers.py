@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -35,3 +36,19 @@ def corrupt_bytes() -> bytes:
 def truncated_bytes() -> bytes:
     data = image_bytes("RGB", (64, 64), "JPEG", seed=3)
     return data[: len(data) // 2]
+
+
+def damaged_shards(src: Path, dst: Path, *, missing: str, truncated: str, keep_bytes: int, corrupt: str,
+                   broken: int) -> Path:
+    """A copy of the shard directory src at dst with shard `missing` removed, shard `truncated` cut to its first
+    keep_bytes, then in each shard matching the glob `corrupt` the first PNG's body overwritten with `broken`
+    zero bytes (the size stays: only decoding fails)."""
+    shutil.copytree(src, dst)
+    (dst / missing).unlink()
+    cut = dst / truncated
+    cut.write_bytes(cut.read_bytes()[:keep_bytes])
+    for shard in dst.glob(corrupt):
+        data = shard.read_bytes()
+        at = data.index(b"\x89PNG")
+        shard.write_bytes(data[:at + 8] + bytes(broken) + data[at + 8 + broken:])
+    return dst

@@ -3,11 +3,11 @@ reader's samples, patterns and pipes, and bad samples, truncated and missing sha
 from __future__ import annotations
 
 import logging
-import shutil
 
 import pytest
 import torch
 
+from tests.data.helpers import damaged_shards
 from vlmo_fast.data.convert.to_shards import arrow_to_shards
 from vlmo_fast.data.datasets import build_dataset
 from vlmo_fast.data.wds_plan import rank_range, spans, worker_batches
@@ -105,15 +105,9 @@ def test_brace_pattern_and_pipe_urls(wds_root):
 
 
 def test_bad_sample_truncated_and_missing_shards_are_named_counted_and_skipped(wds_root, tmp_path, caplog):
-    root = tmp_path / "damaged"
-    shutil.copytree(wds_root, root)
-    (root / "synthetic_caption_train-000002.tar").unlink()
-    truncated = root / "synthetic_caption_train-000005.tar"
-    truncated.write_bytes(truncated.read_bytes()[:5000])
-    corrupt = root / "synthetic_caption_train-000007.tar"
-    data = corrupt.read_bytes()
-    start = data.index(b"\x89PNG")
-    corrupt.write_bytes(data[:start + 8] + bytes(300) + data[start + 308:])  # same size, broken image
+    root = damaged_shards(wds_root, tmp_path / "damaged", missing="synthetic_caption_train-000002.tar",
+                          truncated="synthetic_caption_train-000005.tar", keep_bytes=5000,
+                          corrupt="synthetic_caption_train-000007.tar", broken=300)
     cfg = config(root)
     with caplog.at_level(logging.WARNING):
         split = build_split(cfg, "train", train=True)
