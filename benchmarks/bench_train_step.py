@@ -16,7 +16,7 @@ import torch
 from vlmo_fast.bench import TASKS, kernels, official_style_losses, step_optimizers, synthetic_batch
 from vlmo_fast.compat import VLMo
 from vlmo_fast.flops import device_peak, pretrain_step_flops
-from vlmo_fast.train.step import pretrain_losses
+from vlmo_fast.train.step import StepDraws, pretrain_losses
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
@@ -49,7 +49,7 @@ def test_train_step(benchmark, timed, setup, impl):
     def step():
         with (kernels("ref") if impl == "official_style" else contextlib.nullcontext()), autocast():
             loss = (official_style_losses(model, batch) if impl == "official_style"
-                    else sum(pretrain_losses(model, batch, TASKS, generator=gen)[0].values()))
+                    else sum(pretrain_losses(model, batch, TASKS, draws=StepDraws(gen))[0].values()))
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

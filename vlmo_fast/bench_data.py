@@ -92,7 +92,7 @@ def step_rate(preset_name: str, size: int, batch: int, device: torch.device) -> 
     from vlmo_fast.config import preset
     from vlmo_fast.model.vlmo import VLMo
     from vlmo_fast.train.optim import make_optimizer
-    from vlmo_fast.train.step import pretrain_losses
+    from vlmo_fast.train.step import StepDraws, pretrain_losses
 
     cfg = preset(preset_name, image_size=size, max_text_len=40)
     model = VLMo(cfg).to(device).train()
@@ -103,7 +103,7 @@ def step_rate(preset_name: str, size: int, batch: int, device: torch.device) -> 
     for k in range(5):
         start = time.perf_counter()
         with amp:
-            losses, _ = pretrain_losses(model, data, TASKS, generator=torch.Generator(device).manual_seed(k))
+            losses, _ = pretrain_losses(model, data, TASKS, draws=StepDraws(torch.Generator(device).manual_seed(k)))
         sum(losses.values()).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

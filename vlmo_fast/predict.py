@@ -18,7 +18,7 @@ from vlmo_fast.checkpoint.native import CONFIG, load_model, read_config
 from vlmo_fast.data.images import BadImage, decode_rgb
 from vlmo_fast.data.tokenizer import get_tokenizer
 from vlmo_fast.data.transforms import square_transform
-from vlmo_fast.train.evaluate import embed_images, embed_texts
+from vlmo_fast.model.inference import image_features, text_features, vqa_logits
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -52,12 +52,21 @@ def _image_feats(model, files: list[Path], batch: int) -> tuple[torch.Tensor, li
     images, kept, skipped = load_images(files, model.cfg.image_size)
     for s in skipped:
         print(f"skipped {s}")
-    return torch.cat([embed_images(model, images[i:i + batch]) for i in range(0, len(images), batch)]), kept
+    with torch.no_grad():
+        feats = [image_features(model, images[i:i + batch])["image"] for i in range(0, len(images), batch)]
+    return torch.cat(feats), kept
 
 
 def _texts(model, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     enc = get_tokenizer().encode(texts, model.cfg.max_text_len)
     return enc.ids, enc.lens
+
+
+@torch.no_grad()
+def _text_feats(model, texts: list[str], batch: int) -> torch.Tensor:
+    ids, lens = _texts(model, texts)
+    return torch.cat([text_features(model, ids[i:i + batch], lens[i:i + batch])["text"]
+                      for i in range(0, len(texts), batch)])
 
 
 # The heads each command needs, and what to do when a checkpoint lacks them.
@@ -91,8 +100,7 @@ def run_predict(args: argparse.Namespace) -> int:
         images, _, _ = load_images([Path(args.image)], model.cfg.image_size)
         ids, lens = _texts(model, [args.question])
         with torch.no_grad():
-            enc = model.encode(text_ids=ids, text_lens=lens, images=images)
-            probs = model.vqa_classifier(model.pooler(enc.first_rows(enc.feats))).sigmoid()[0]
+            probs = vqa_logits(model, ids, lens, images).sigmoid()[0]
         top = probs.topk(min(args.top_k, probs.numel()))
         for p, i in zip(top.values.tolist(), top.indices.tolist()):
             print(f"{answers[i] if answers else i}\t{p:.3f}")
@@ -105,15 +113,13 @@ def run_predict(args: argparse.Namespace) -> int:
             names = [str(p) for p in kept]
         else:
             names = [t for t in Path(args.texts).read_text().splitlines() if t.strip()]
-            ids, lens = _texts(model, names)
-            feats = embed_texts(model, ids, lens, args.batch_size, torch.device("cpu"))
+            feats = _text_feats(model, names, args.batch_size)
         save_file({"features": feats.contiguous()}, args.out, metadata={"names": json.dumps(names)})
         print(f"wrote {feats.shape[0]} x {feats.shape[1]} features to {args.out}")
         return 0
     files = image_files(args.images)
     feats, kept = _image_feats(model, files, args.batch_size)
-    ids, lens = _texts(model, [args.text])
-    scores = (feats @ embed_texts(model, ids, lens, 1, torch.device("cpu")).t()).squeeze(1)
+    scores = (feats @ _text_feats(model, [args.text], 1).t()).squeeze(1)
     top = scores.topk(min(args.top_k, len(kept)))
     for s, i in zip(top.values.tolist(), top.indices.tolist()):
         print(f"{s:.4f}\t{kept[i]}")

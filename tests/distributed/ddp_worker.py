@@ -12,6 +12,7 @@ import torch.distributed as dist
 from tests.distributed.common import GLOBAL_BATCH, build_model, global_batch, global_negatives, shard, to_local_first
 from vlmo_fast.distributed import fetch_rows, shutdown
 from vlmo_fast.train import sharding
+from vlmo_fast.train.step import StepDraws
 from vlmo_fast.train.trainer import StepModule
 
 
@@ -36,7 +37,7 @@ def main(strategy: str, out: str) -> None:
     else:
         replicated = []
         module = torch.nn.parallel.DistributedDataParallel(step, find_unused_parameters=True)
-    losses, _ = module(local, (neg_image[mine], neg_text[mine]))
+    losses, _ = module(local, StepDraws(negatives=(neg_image[mine], neg_text[mine])))
     loss = sum(losses.values())
     loss.backward()
     sharding.average_gradients(replicated)

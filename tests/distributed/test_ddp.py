@@ -14,7 +14,7 @@ import torch
 from tests.tiny import TINY
 from tests.distributed.common import build_model, global_batch, global_negatives
 from vlmo_fast.cli import main
-from vlmo_fast.train.step import pretrain_losses
+from vlmo_fast.train.step import StepDraws, pretrain_losses
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -37,7 +37,7 @@ def test_data_parallel_step_equals_single_process_on_concatenated_batch(strategy
 
     model = build_model()
     losses, _ = pretrain_losses(model, global_batch(model.cfg), {"itc", "itm", "mlm"}, gather_grad=True,
-                                negatives=global_negatives())
+                                draws=StepDraws(negatives=global_negatives()))
     # The global ITC loss is the same on every rank; ITM and MLM are means whose rank average is the global mean.
     torch.testing.assert_close(ddp["losses"]["itc_loss"], losses["itc_loss"], rtol=1e-5, atol=1e-6)
     rank_mean = sum(ddp["rank_losses"]) / len(ddp["rank_losses"])

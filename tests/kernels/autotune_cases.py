@@ -18,6 +18,7 @@ import pytest
 import torch
 import triton
 
+from tests.helpers import encode_pair_batch
 from tests.kernels.parity import assert_ffn_parity, check_attention
 from vlmo_fast.kernels import attention, attention_bwd, expert_ffn
 from vlmo_fast.kernels.tuning import AUTOTUNE_CHECK
@@ -109,7 +110,7 @@ def test_model_without_relative_bias(monkeypatch):
     for kernels in ("ref", "triton"):
         monkeypatch.setenv("VLMO_FAST_KERNELS", kernels)
         model.zero_grad()
-        enc = model.encode(text_ids=ids, text_lens=lens, images=images)
+        enc = encode_pair_batch(model, ids, lens, images)
         (enc.feats * torch.linspace(-1, 1, enc.feats.numel()).view_as(enc.feats)).sum().backward()
         results[kernels] = (enc.feats.detach(), {n: p.grad.clone() for n, p in model.named_parameters()
                                                   if p.grad is not None})

@@ -11,6 +11,7 @@ import torch
 from vlmo_fast.config import preset
 from vlmo_fast.kernels import attention, expert_ffn
 from vlmo_fast.model.vlmo import VLMo
+from tests.helpers import encode_pair_batch
 
 
 def _record(monkeypatch) -> list[tuple[str, tuple[torch.dtype, ...]]]:
@@ -39,7 +40,7 @@ def _step(autocast_dtype: torch.dtype | None):
     ids, lens = torch.randint(1, 1000, (2, 12), generator=g), torch.tensor([12, 6], dtype=torch.int32)
     images = torch.randn(2, 3, 32, 32, generator=g)
     with torch.autocast("cpu", dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-        enc = model.encode(text_ids=ids, text_lens=lens, images=images)
+        enc = encode_pair_batch(model, ids, lens, images)
     enc.feats.float().square().mean().backward()
     return enc
 

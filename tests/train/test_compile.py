@@ -8,6 +8,7 @@ import torch
 
 from vlmo_fast.config import ModelConfig
 from vlmo_fast.model.vlmo import VLMo
+from tests.helpers import encode_pair_batch
 
 
 @pytest.fixture(autouse=True)
@@ -24,7 +25,7 @@ def model_and_batch(seed: int = 0):
 
 def feats_and_grads(model, ids, lens, images):
     model.zero_grad()
-    out = model.encode(text_ids=ids, text_lens=lens, images=images).feats
+    out = encode_pair_batch(model, ids, lens, images).feats
     out.square().sum().backward()
     return out.detach(), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
 
@@ -49,7 +50,7 @@ def test_inductor_smoke():
     model.eval()
     lens = torch.tensor([10, 5, 7])
     with torch.no_grad():
-        eager = model.encode(text_ids=ids, text_lens=lens, images=images).feats
+        eager = encode_pair_batch(model, ids, lens, images).feats
         model.transformer.blocks[0].compile(dynamic=True)
-        out = model.encode(text_ids=ids, text_lens=lens, images=images).feats
+        out = encode_pair_batch(model, ids, lens, images).feats
     torch.testing.assert_close(out, eager, rtol=1e-4, atol=1e-5)

@@ -6,6 +6,7 @@ import torch
 
 from vlmo_fast.config import ModelConfig
 from vlmo_fast.model.vlmo import VLMo
+from vlmo_fast.model.inference import itm_logits
 from vlmo_fast.train.evaluate import itm_rerank, recall_at_k
 
 
@@ -36,8 +37,7 @@ def test_itm_rerank_rescores_the_top_k_only():
         for t in range(5):
             if (i, t) in candidates:  # re-scored: ITC + ITM positive logit of the fused pass
                 with torch.no_grad():
-                    enc = model.encode(text_ids=ids[t:t + 1], text_lens=lens[t:t + 1], images=images[i:i + 1])
-                    itm = model.itm_score(model.pooler(enc.first_rows(enc.feats)))[0, 1]
+                    itm = itm_logits(model, ids[t:t + 1], lens[t:t + 1], images[i:i + 1])[0, 1]
                 torch.testing.assert_close(out[i, t], scores[i, t] + itm, rtol=1e-5, atol=1e-5)
             else:  # kept below every candidate
                 assert out[i, t] == scores[i, t] - 1e4

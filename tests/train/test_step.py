@@ -8,6 +8,8 @@ import torch
 
 from tests.compat.test_official_parity import build, official_batch
 from vlmo_fast.compat import objectives as official
+from vlmo_fast.config import ModelConfig
+from vlmo_fast.model.vlmo import VLMo
 from vlmo_fast.train import step
 
 
@@ -36,7 +38,7 @@ def test_pretraining_step_equals_official(setup):
     model, batch, fx = setup
     b = {k: v for k, v in batch.items() if not k.startswith("image_")}
     neg = (fx.tensors["out.itm_hardneg.neg_image_idx"], fx.tensors["out.itm_hardneg.neg_text_idx"])
-    losses, metrics = step.pretrain_losses(model, b, {"itc", "itm", "mlm"}, negatives=neg)
+    losses, metrics = step.pretrain_losses(model, b, {"itc", "itm", "mlm"}, draws=step.StepDraws(negatives=neg))
     ref = official.compute_itc(model, b)
     ref_itm = official.compute_itm_hardneg(model, b, ref["itc_i2t_logits"], ref["itc_t2i_logits"], *neg)
     ref_mlm = official.compute_mlm(model, b)
@@ -61,7 +63,7 @@ def test_sampled_negatives_exclude_the_positive():
     sim = torch.randn(8, 8) * 5
     gen = torch.Generator().manual_seed(1)
     for _ in range(20):
-        neg_img, neg_txt = step.O.hard_negative_indices(sim, sim.t(), 8, gen)
+        neg_img, neg_txt = step.objectives.hard_negative_indices(sim, sim.t(), 8, gen)
         assert not (neg_img == torch.arange(8)).any() and not (neg_txt == torch.arange(8)).any()
 
 
@@ -77,10 +79,35 @@ def test_activation_checkpointing_gives_the_same_gradients(official):
         model.zero_grad()
         model.transformer.activation_checkpointing = checkpointing
         torch.manual_seed(7)
-        losses, _ = step.pretrain_losses(model, batch, {"itc", "itm", "mlm"}, negatives=neg)
+        losses, _ = step.pretrain_losses(model, batch, {"itc", "itm", "mlm"}, draws=step.StepDraws(negatives=neg))
         sum(losses.values()).backward()
         return grads(model)
 
     plain, recomputed = grads_of(False), grads_of(True)
     for k in plain:
         torch.testing.assert_close(recomputed[k], plain[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_a_step_is_a_function_of_its_draws():
+    """Hard negatives and stochastic depth come from the step's draws: the same generator seed gives the same
+    losses whatever the global generator did, another seed other ones."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(embed_dim=32, depth=2, num_heads=2, vl_start=1, image_size=32, max_text_len=8,
+                      vocab_size=100, drop_path_rate=0.5)
+    model = VLMo(cfg).train()
+    g = torch.Generator().manual_seed(5)
+    lens = torch.tensor([8, 4, 6, 3], dtype=torch.int32)
+    ids = torch.randint(5, 100, (4, 8), generator=g) * (torch.arange(8)[None] < lens[:, None])
+    labels = torch.where(torch.arange(8)[None] == 1, ids, -100)
+    batch = {"text_ids": ids, "text_lens": lens, "text_ids_mlm": ids, "text_labels_mlm": labels,
+             "image": [torch.randn(4, 3, 32, 32, generator=g)]}
+
+    def losses(seed: int, global_seed: int) -> list[float]:
+        torch.manual_seed(global_seed)
+        draws = step.StepDraws(torch.Generator().manual_seed(seed),
+                               dropout_generator=torch.Generator().manual_seed(seed))
+        out, _ = step.pretrain_losses(model, batch, {"itc", "itm", "mlm"}, draws=draws)
+        return [out[k].item() for k in sorted(out)]
+
+    assert losses(1, 10) == losses(1, 11)
+    assert losses(1, 10) != losses(2, 10)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from vlmo_fast.model.heads import l2_normalize
 from vlmo_fast.model.vlmo import VLMo as CoreVLMo, Encoding
-from vlmo_fast.ops.packing import mask_lengths_ref
+from vlmo_fast.ops.packing import make_layout_from_mask, unpack, unpack_text
 from . import objectives
 from .config import full_config, model_config
 
@@ -38,26 +39,26 @@ class VLMo(CoreVLMo):
         return self.cfg.depth
 
     # ----------------------------------------------------------------------------------------------------------
-    def _text(self, batch: dict, mask_text: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _text(self, batch: dict, mask_text: bool) -> tuple[Tensor, Tensor | None, Tensor]:
         key = "_mlm" if mask_text else ""
-        ids, masks = batch[f"text_ids{key}"], batch["text_masks"]
-        return ids, batch.get(f"text_labels{key}"), masks, mask_lengths_ref(masks)
+        return batch[f"text_ids{key}"], batch.get(f"text_labels{key}"), batch["text_masks"]
+
+    def _text_layout(self, masks: Tensor, with_images: bool):
+        """Every padded text position kept as a row (the official outputs); a mask that is not 1...1 0...0 is
+        refused naming its sample."""
+        return make_layout_from_mask(masks, self.cfg.num_image_tokens if with_images else 0, keep_padded=True)
 
     @staticmethod
     def _image(batch: dict, image_token_type_idx: int) -> Tensor:
         key = f"image_{image_token_type_idx - 1}"
         return batch[key if key in batch else "image"][0]
 
-    def _unpack_text(self, enc: Encoding, x: Tensor, B: int) -> Tensor:
-        Tt = enc.layout.num_text_rows
-        return x[:Tt].view(B, Tt // B, -1)  # every text segment kept its padded rows
+    @staticmethod
+    def _unpack_text(enc: Encoding, x: Tensor, B: int) -> Tensor:
+        return unpack_text(x, enc.layout, enc.layout.max_text_q)  # every segment kept its padded rows
 
     def _unpack_image(self, enc: Encoding, x: Tensor, B: int) -> Tensor:
-        return x[enc.layout.num_text_rows:].view(B, self.cfg.num_image_tokens, -1)
-
-    @staticmethod
-    def _l2(x: Tensor) -> Tensor:
-        return x / x.norm(dim=-1, keepdim=True)
+        return x.view(B, self.cfg.num_image_tokens, -1)
 
     @staticmethod
     def _hidden(ret: dict, layers: list[Tensor] | None, unpack, key: str) -> None:
@@ -68,14 +69,15 @@ class VLMo(CoreVLMo):
     def infer(self, batch: dict, mask_text: bool = False, mask_image: bool = False, image_token_type_idx: int = 1,
               image_embeds=None, image_masks=None, return_hidden: bool = False) -> dict:
         """Fusion pass over [text; image] (official `infer`)."""
-        ids, labels, masks, lens = self._text(batch, mask_text)
+        ids, labels, masks = self._text(batch, mask_text)
         img = self._image(batch, image_token_type_idx)
-        enc = self.encode(text_ids=ids, text_lens=lens, images=img, image_token_type=image_token_type_idx,
-                          keep_padded_text=True, return_layers=return_hidden)
-        B, Lt = ids.shape
+        layout = self._text_layout(masks, with_images=True)
+        enc = self.encode(layout, text_ids=ids, images=img, image_token_type=image_token_type_idx,
+                          return_layers=return_hidden)
+        Lt = ids.shape[1]
 
         def full(x):  # packed rows -> (B, Lt + Ni, D)
-            return torch.cat([self._unpack_text(enc, x, B), self._unpack_image(enc, x, B)], 1)
+            return torch.cat(unpack(x, layout, Lt), 1)
 
         x = full(enc.feats)
         ret = {
@@ -86,38 +88,39 @@ class VLMo(CoreVLMo):
         return ret
 
     def _infer_text(self, batch: dict, mask_text: bool, vl_branch: bool, project: bool, return_hidden: bool) -> dict:
-        ids, labels, masks, lens = self._text(batch, mask_text)
-        enc = self.encode(text_ids=ids, text_lens=lens, keep_padded_text=True, vl_branch=vl_branch,
+        ids, labels, masks = self._text(batch, mask_text)
+        enc = self.encode(self._text_layout(masks, with_images=False), text_ids=ids, vl_branch=vl_branch,
                           return_layers=return_hidden)
         B = ids.shape[0]
         feats = self._unpack_text(enc, enc.feats, B)
         ret = {
             "text_feats": feats, "image_feats": None,
-            "cls_feats": self._l2(self.itc_text_proj(feats[:, 0])) if project else None,
+            "cls_feats": l2_normalize(self.itc_text_proj(feats[:, 0])) if project else None,
             "cls_vlffn_feats": None,
             "raw_cls_feats": self._unpack_text(enc, enc.hidden, B)[:, 0],
             "image_masks": None, "text_labels": labels, "text_ids": ids, "text_masks": masks,
         }
         if vl_branch:
-            ret["cls_vlffn_feats"] = self._l2(self.itc_vl_text_proj(self._unpack_text(enc, enc.vl_feats, B)[:, 0]))
+            ret["cls_vlffn_feats"] = l2_normalize(self.itc_vl_text_proj(self._unpack_text(enc, enc.vl_feats, B)[:, 0]))
         self._hidden(ret, enc.layers, lambda h: self._unpack_text(enc, h, B), "hidden")
         self._hidden(ret, enc.vl_layers, lambda h: self._unpack_text(enc, h, B), "vlffn_hidden")
         return ret
 
     def _infer_image(self, batch: dict, image_token_type_idx: int, vl_branch: bool, return_hidden: bool) -> dict:
         img = self._image(batch, image_token_type_idx)
-        enc = self.encode(images=img, image_token_type=image_token_type_idx, vl_branch=vl_branch,
-                          return_layers=return_hidden)
+        enc = self.encode(self.plan(num_images=img.shape[0]), images=img, image_token_type=image_token_type_idx,
+                          vl_branch=vl_branch, return_layers=return_hidden)
         B = img.shape[0]
         feats = self._unpack_image(enc, enc.feats, B)
         ret = {
-            "text_feats": None, "image_feats": feats, "cls_feats": self._l2(self.itc_image_proj(feats[:, 0])),
+            "text_feats": None, "image_feats": feats, "cls_feats": l2_normalize(self.itc_image_proj(feats[:, 0])),
             "cls_vlffn_feats": None, "raw_cls_feats": self._unpack_image(enc, enc.hidden, B)[:, 0],
             "image_masks": torch.ones(B, feats.shape[1], dtype=torch.long, device=feats.device),
             "text_labels": None, "text_ids": None, "text_masks": None,
         }
         if vl_branch:
-            ret["cls_vlffn_feats"] = self._l2(self.itc_vl_image_proj(self._unpack_image(enc, enc.vl_feats, B)[:, 0]))
+            vl_cls = self._unpack_image(enc, enc.vl_feats, B)[:, 0]
+            ret["cls_vlffn_feats"] = l2_normalize(self.itc_vl_image_proj(vl_cls))
         self._hidden(ret, enc.layers, lambda h: self._unpack_image(enc, h, B), "hidden")
         self._hidden(ret, enc.vl_layers, lambda h: self._unpack_image(enc, h, B), "vlffn_hidden")
         return ret

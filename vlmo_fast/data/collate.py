@@ -15,11 +15,11 @@ is a pure function of (seed, epoch, sample indices) whatever the worker that bui
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from vlmo_fast.data.mlm import IGNORE_INDEX, MLMCollator
 from vlmo_fast.data.tokenizer import get_tokenizer, pad_ids
+from vlmo_fast.seeds import batch_seed
 
 _INDEX_KEYS = ("img_index", "cap_index", "raw_index")
 _LIST_KEYS = ("vqa_answer", "vqa_labels", "vqa_scores", "qid", "answers", "table_name")
@@ -27,8 +27,7 @@ _LIST_KEYS = ("vqa_answer", "vqa_labels", "vqa_scores", "qid", "answers", "table
 
 def batch_generator(seeds: list[int]) -> torch.Generator:
     """A generator seeded by mixing every sample seed of the batch."""
-    mixed = np.random.SeedSequence([int(s) for s in seeds]).generate_state(2, np.uint64)[0] >> np.uint64(1)
-    return torch.Generator().manual_seed(int(mixed))
+    return torch.Generator().manual_seed(batch_seed(seeds))
 
 
 class Collator:
@@ -65,3 +64,9 @@ class Collator:
             if key in keys:
                 batch[key] = [s.get(key) for s in samples]
         return batch
+
+
+def text_lens(batch: dict) -> torch.Tensor:
+    """A batch's real caption lengths: the collate's `text_lens`, else the sum of the (prefix) masks."""
+    lens = batch.get("text_lens")
+    return (batch["text_masks"].sum(1) if lens is None else lens).to(torch.int32)

@@ -25,13 +25,11 @@ from vlmo_fast.data.images import BadImage, decode_rgb
 from vlmo_fast.data.registry import PRETRAIN_DATASETS, get_spec
 from vlmo_fast.data.tokenizer import BertTokenizer, get_tokenizer
 from vlmo_fast.data.transforms import ImageTransform, get_transform
+from vlmo_fast.seeds import sample_seed
 
 log = logging.getLogger(__name__)
 
 
-def sample_seed(seed: int, epoch: int, index: int) -> int:
-    """A 63-bit seed for one sample of one epoch (independent streams for any seed/epoch/index)."""
-    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
 class ArrowDataset(Dataset):

@@ -19,7 +19,8 @@ import numpy as np
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from vlmo_fast.data.collate import Collator
-from vlmo_fast.data.datasets import build_sample, sample_seed
+from vlmo_fast.data.datasets import build_sample
+from vlmo_fast.seeds import sample_seed
 from vlmo_fast.data.images import BadImage
 from vlmo_fast.data.registry import get_spec
 from vlmo_fast.data.shards import ShardError, iter_records, record_row

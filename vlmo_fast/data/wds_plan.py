@@ -19,6 +19,7 @@ import torch
 from vlmo_fast.data.registry import get_spec, resolve_files, spec_of_table
 from vlmo_fast.data.shards import read_manifest, table_of_shard
 from vlmo_fast.data.sources import expand, is_pattern_or_url, read_text, sibling, size_of
+from vlmo_fast.seeds import epoch_order_seed
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ def check_shards(shards: list[Shard], threads: int = 16) -> ShardCheck:
 
 def shard_order(shards: list[Shard], seed: int, epoch: int) -> list[Shard]:
     """The epoch's seeded shard order (the same on every rank)."""
-    perm = torch.randperm(len(shards), generator=torch.Generator().manual_seed(seed * 100003 + epoch)).tolist()
+    perm = torch.randperm(len(shards), generator=torch.Generator().manual_seed(epoch_order_seed(seed, epoch))).tolist()
     return [shards[i] for i in perm]
 
 

@@ -26,6 +26,7 @@ class LayerInput:
     window: int
     l0: int
     groups: list[tuple[int, int, int]]
+    drop_path: Tensor | None = None  # (3, P) uniform draws of this layer's stochastic depth (None: none applies)
 
 
 class Mlp(nn.Module):
@@ -69,7 +70,7 @@ class Block(nn.Module):
 
     def __init__(self, cfg: ModelConfig, layer: int, drop_path: float):
         super().__init__()
-        D, F_ = cfg.embed_dim, cfg.mlp_dim
+        D, hidden = cfg.embed_dim, cfg.mlp_dim
         self.layer = layer
         self.drop_path = drop_path
         self.eps = cfg.layernorm_eps
@@ -77,11 +78,11 @@ class Block(nn.Module):
         self.attn = Attention(cfg)
         self.norm2_text = nn.LayerNorm(D, eps=cfg.layernorm_eps)
         self.norm2_imag = nn.LayerNorm(D, eps=cfg.layernorm_eps)
-        self.mlp_text = Mlp(D, F_)
-        self.mlp_imag = Mlp(D, F_)
+        self.mlp_text = Mlp(D, hidden)
+        self.mlp_imag = Mlp(D, hidden)
         self.has_vl = layer >= cfg.vl_start
         if self.has_vl:
-            self.mlp_vl = Mlp(D, F_)
+            self.mlp_vl = Mlp(D, hidden)
             self.norm2_vl = nn.LayerNorm(D, eps=cfg.layernorm_eps)
         if cfg.layer_scale is not None:
             self.gamma_1 = nn.Parameter(torch.full((D,), float(cfg.layer_scale)))
@@ -96,37 +97,36 @@ class Block(nn.Module):
             pairs.append((self.norm2_vl, self.mlp_vl))
         return [(n.weight, n.bias, m.fc1.weight, m.fc1.bias, m.fc2.weight, m.fc2.bias) for n, m in pairs]
 
-    def _row_scale(self, inp: LayerInput, x: Tensor, per_group: bool) -> Tensor | None:
-        """Stochastic depth as timm's DropPath draws it: a keep decision per pair (or, per_group, per pair and row
-        group, as the official split FFN calls DropPath separately on text and image), rescaled by 1/keep."""
+    def _row_scales(self, inp: LayerInput, x: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        """Stochastic depth as timm's DropPath decides it, from the layer's draws: a keep decision per pair for the
+        attention branch, and for the FFN one per pair and row group (the official split FFN calls DropPath
+        separately on text and image); kept rows are rescaled by 1/keep.  Returns per-row scales (r1, r2)."""
         if not self.training or self.drop_path == 0.0:
-            return None
+            return None, None
+        draws = inp.drop_path
+        if draws is None:  # a caller that brought no draws (the drop-in surface): the global generator
+            draws = torch.rand(3, inp.layout.num_pairs, device=x.device)
         keep = 1.0 - self.drop_path
-        P = inp.layout.num_pairs
+        scale = (keep + draws.to(x.dtype)).floor_() / keep  # (3, P)
         pair = inp.layout.row_pair.long()
-        if not per_group or len(inp.groups) == 1:
-            draw = (keep + torch.rand(P, dtype=x.dtype, device=x.device)).floor_()
-            return draw[pair] / keep
-        scales = []
-        for start, end, _ in inp.groups:
-            draw = (keep + torch.rand(P, dtype=x.dtype, device=x.device)).floor_()
-            scales.append(draw[pair[start:end]] / keep)
-        return torch.cat(scales)
+        r2 = torch.cat([scale[1 + g][pair[start:end]] for g, (start, end, _) in enumerate(inp.groups)])
+        return scale[0][pair], r2
 
     def forward(self, x: Tensor, inp: LayerInput, out_rows: Tensor | None = None) -> Tensor:
         """One block over packed rows x (T, D).  With out_rows (and one row group, as in every last layer) only
-        those rows are computed past the attention (the others are never read: only [CLS] rows feed ITC, ITM, VQA
-        and NLVR2, only the masked tokens feed MLM); the other rows of the result keep their input values."""
+        those rows are computed past the attention and returned, (R, D) in their order (the others are never read:
+        only [CLS] rows feed ITC, ITM, VQA and NLVR2, only the masked tokens feed MLM)."""
+        wanted = out_rows
         if out_rows is not None and len(inp.groups) != 1:
-            out_rows = None  # a split layer would need per-group row counts; compute every row
+            out_rows = None  # a split layer would need per-group row counts; compute every row, then pick
         rows = slice(None) if out_rows is None else out_rows
         h = self.attn(F.layer_norm(x, (x.shape[-1],), self.norm1.weight, self.norm1.bias, self.eps), inp,
                       self.layer, out_rows)
         if self.gamma_1 is not None:
             h = self.gamma_1 * h
-        r1, r2 = self._row_scale(inp, x, per_group=False), self._row_scale(inp, x, per_group=True)
+        r1, r2 = self._row_scales(inp, x)
         xs = x if out_rows is None else x.index_select(0, out_rows)
         xs = xs + (h if r1 is None else h * r1[rows][:, None])
         groups = inp.groups if out_rows is None else [(0, xs.shape[0], inp.groups[0][2])]
-        xs = expert_ffn(xs, groups, self.experts(), self.gamma_2, None if r2 is None else r2[rows], self.eps)
-        return xs if out_rows is None else x.index_copy(0, out_rows, xs)
+        out = expert_ffn(xs, groups, self.experts(), self.gamma_2, None if r2 is None else r2[rows], self.eps)
+        return out if wanted is None or out_rows is not None else out.index_select(0, wanted)

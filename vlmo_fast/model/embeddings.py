@@ -19,17 +19,24 @@ class TextEmbeddings(nn.Module):
         self.position_embeddings = nn.Embedding(cfg.max_text_len, D)
         self.token_type_embeddings = nn.Embedding(2, D)
         self.LayerNorm = nn.LayerNorm(D, eps=1e-12)
-        self.dropout = nn.Dropout(cfg.drop_path_rate)
+        self.dropout_rate = cfg.drop_path_rate
         self.use_positions = cfg.abs_pos_emb
         # Persistent as in the transformers release the official code pins, so state dicts match key for key.
         self.register_buffer("position_ids", torch.arange(cfg.max_text_len).unsqueeze(0), persistent=True)
 
-    def forward(self, ids: Tensor, positions: Tensor) -> Tensor:
-        """ids, positions: (N,) token ids and in-segment positions -> (N, D)."""
+    def forward(self, ids: Tensor, positions: Tensor, keep: Tensor | None = None) -> Tensor:
+        """ids, positions: (N,) token ids and in-segment positions -> (N, D).  In training, dropout keeps the
+        elements where the 0/1 mask `keep` (N, D) is 1 (drawn here from the global generator when not given)."""
         e = self.word_embeddings(ids) + self.token_type_embeddings.weight[0]
         if self.use_positions:
             e = e + self.position_embeddings(positions)
-        return self.dropout(self.LayerNorm(e))
+        e = self.LayerNorm(e)
+        p = self.dropout_rate
+        if not self.training or p == 0.0:
+            return e
+        if keep is None:
+            keep = torch.empty_like(e).bernoulli_(1.0 - p)
+        return e * keep.to(e.dtype).div(1.0 - p)  # as torch's CPU dropout: the mask scaled, then multiplied
 
 
 class PatchEmbed(nn.Module):

@@ -63,3 +63,8 @@ class MLMHead(nn.Module):
 def classifier(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
     """The VQA / NLVR2 classifier: Linear, LayerNorm (eps 1e-5), GELU, Linear (keys .0, .1, .3)."""
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.LayerNorm(hidden), nn.GELU(), nn.Linear(hidden, out_dim))
+
+
+def l2_normalize(x: Tensor) -> Tensor:
+    """x / ||x|| over the last dim, as the official ITC features (no epsilon: a zero feature is a bug upstream)."""
+    return x / x.norm(dim=-1, keepdim=True)

@@ -31,12 +31,12 @@ class MultiWayTransformer(nn.Module):
     def run_blocks(self, x: Tensor, inputs: list[LayerInput], start: int, hidden: list[Tensor] | None,
                    out_rows: Tensor | None = None) -> Tensor:
         """Blocks start .. start+len(inputs)-1 over packed rows x (T, D); appends each output to `hidden`.
-        out_rows: the rows whose output of the LAST of these blocks is read (None: all)."""
+        out_rows: the rows whose output of the LAST of these blocks is read; that block returns only them (R, D)."""
         for i, inp in enumerate(inputs):
             blk = self.blocks[start + i]
             rows = out_rows if i == len(inputs) - 1 else None
             if self.activation_checkpointing and self.training and torch.is_grad_enabled():
-                # the RNG state is replayed, so drop path draws the same decisions in the recomputation
+                # drop path takes its decisions from inp's draws, so the recomputation repeats them
                 x = checkpoint(blk, x, inp, rows, use_reentrant=False)
             else:
                 x = blk(x, inp, rows)

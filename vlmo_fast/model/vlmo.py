@@ -4,8 +4,8 @@ Parameter names are the official ones, so an official state dict loads key for k
 """
 from __future__ import annotations
 
+import enum
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +15,7 @@ from vlmo_fast.config import ModelConfig
 from vlmo_fast.ops.layout import PackedLayout
 from vlmo_fast.ops.packing import make_layout, pack_text
 from vlmo_fast.ops.relpos import table_rows
+from .draws import PassDraws, draw_pass
 from .block import IMAGE_EXPERT, TEXT_EXPERT, VL_EXPERT, LayerInput
 from .embeddings import TextEmbeddings
 from .heads import ITCHead, ITMHead, MLMHead, Pooler, classifier
@@ -23,24 +24,34 @@ from .transformer import MultiWayTransformer
 
 @dataclass
 class Encoding:
-    """Result of one pass over the packed rows of a batch."""
+    """Result of one pass over the packed rows of a batch: every row, or only the rows asked for (in their order)."""
 
     layout: PackedLayout
-    hidden: Tensor                  # (T, D) output of the last block (before the final norm)
-    feats: Tensor                   # (T, D) after the final norm
-    vl_hidden: Tensor | None = None  # (T, D) the VL-FFN branch of a unimodal pass, before / after the norm
+    hidden: Tensor                  # (T or R, D) output of the last block (before the final norm)
+    feats: Tensor                   # (T or R, D) after the final norm
+    vl_hidden: Tensor | None = None  # the VL-FFN branch of a unimodal pass, before / after the norm
     vl_feats: Tensor | None = None
     layers: list[Tensor] | None = None     # every block's output on the main path, when asked for
     vl_layers: list[Tensor] | None = None  # blocks vl_start.. of the VL-FFN branch
 
-    def first_rows(self, x: Tensor) -> Tensor:
-        """(P, D): the first row of each pair (the text [CLS] if the pass has text, else the image [CLS])."""
-        return x.index_select(0, first_row_index(self.layout))
 
-
-def first_row_index(layout: PackedLayout) -> Tensor:
+def cls_rows(layout: PackedLayout) -> Tensor:
     """(P,) the row of each pair's [CLS]: its text [CLS] if the pass has text, else its image [CLS]."""
     return (layout.text_start if layout.num_text_rows else layout.image_start).long()
+
+
+class Route(enum.Enum):
+    """Which experts a pass's rows go to (spec 1.3)."""
+
+    TEXT = "text"    # text-only pass: the language expert (the VL expert from vl_start in the VL-FFN branch)
+    IMAGE = "image"  # image-only pass: the vision expert
+    FUSED = "fused"  # text and images: language / vision experts below vl_start, the VL expert from it
+
+
+def _route_of(layout: PackedLayout) -> Route:
+    if layout.num_text_rows and layout.max_image:
+        return Route.FUSED
+    return Route.TEXT if layout.num_text_rows else Route.IMAGE
 
 
 class VLMo(nn.Module):
@@ -121,32 +132,58 @@ class VLMo(nn.Module):
 
     # ----------------------------------------------------------------------------------------------------------
     # The encoder
-    def _groups(self, layout: PackedLayout, route: str, layer: int) -> list[tuple[int, int, int]]:
+    def plan(self, *, text_lens: Tensor | None = None, num_images: int = 0,
+             padded_text_len: int | None = None) -> PackedLayout:
+        """The packed layout of one pass, planned before it runs: text segments of `text_lens` (B,) real tokens
+        and/or `num_images` images (B of them in a fused pass).  padded_text_len keeps each text segment's padded
+        positions as query-only rows (the official outputs at every position)."""
+        if text_lens is None and not num_images:
+            raise ValueError("a pass needs text_lens, images or both")
+        if text_lens is not None and num_images and num_images != text_lens.shape[0]:
+            raise ValueError(f"{text_lens.shape[0]} texts but {num_images} images")
+        lens = torch.zeros(num_images, dtype=torch.int32) if text_lens is None else text_lens
+        return make_layout(lens, self.cfg.num_image_tokens if num_images else 0, padded_text_len)
+
+    def pass_draws(self, layout: PackedLayout, vl_branch: bool = False,
+                   generator: torch.Generator | None = None) -> PassDraws | None:
+        """The random decisions of one training pass over `layout` (model/draws.py), from `generator` (the
+        global one when None).  None when nothing is random (evaluation, or a rate of 0)."""
+        cfg = self.cfg
+        if not self.training or cfg.drop_path_rate == 0.0:
+            return None
+        route = _route_of(layout)
+        rates = [blk.drop_path for blk in self.transformer.blocks]
+        groups = [len(self._groups(layout, route, i)) for i in range(cfg.depth)]
+        return draw_pass(rates, groups, cfg.vl_start, vl_branch and route is not Route.FUSED, layout.num_pairs,
+                         layout.num_text_rows, cfg.embed_dim, cfg.drop_path_rate, layout.device, generator)
+
+    def _groups(self, layout: PackedLayout, route: Route, layer: int) -> list[tuple[int, int, int]]:
         """Row groups of each expert: text rows to the language expert, image rows to the vision expert, every
-        row to the VL expert from layer vl_start on in the fused pass."""
+        row to the VL expert from layer vl_start on in the fused pass (and the VL-FFN branch)."""
         T, Tt = layout.num_rows, layout.num_text_rows
-        if route == "text":
+        if route is Route.TEXT:
             return [(0, T, TEXT_EXPERT)]
-        if route == "image":
+        if route is Route.IMAGE:
             return [(0, T, IMAGE_EXPERT)]
         if layer >= self.cfg.vl_start:
             return [(0, T, VL_EXPERT)]
         return [(0, Tt, TEXT_EXPERT), (Tt, T, IMAGE_EXPERT)]
 
-    def _layer_inputs(self, layout: PackedLayout, route: str, layers: range) -> list[LayerInput]:
+    def _layer_inputs(self, layout: PackedLayout, route: Route, layers: range,
+                      draws: Tensor | None = None) -> list[LayerInput]:
         cfg = self.cfg
         return [LayerInput(layout, self.relative_position_bias_table, cfg.window, cfg.max_text_len_of_initckpt,
-                           self._groups(layout, route, i)) for i in layers]
+                           self._groups(layout, route, i), None if draws is None else draws[i]) for i in layers]
 
     def embed(self, layout: PackedLayout, text_ids: Tensor | None, images: Tensor | None,
-              image_token_type: int | Tensor) -> Tensor:
+              image_token_type: int | Tensor, text_keep: Tensor | None = None) -> Tensor:
         """Packed input rows (T, D): text embeddings of the layout's text rows, then every image's tokens."""
         rows = []
         if text_ids is not None:
             ids = pack_text(text_ids, layout)  # (Tt,)
             pair = layout.row_pair[: layout.num_text_rows].long()
             pos = torch.arange(layout.num_text_rows, device=ids.device) - layout.text_start.long()[pair]
-            rows.append(self.text_embeddings(ids, pos) + self.token_type_embeddings.weight[0])
+            rows.append(self.text_embeddings(ids, pos, text_keep) + self.token_type_embeddings.weight[0])
         if images is not None:
             img = self.transformer.visual_embed(images)  # (B, Ni, D)
             if isinstance(image_token_type, Tensor):  # one modality index per pair (NLVR2's two images)
@@ -156,49 +193,47 @@ class VLMo(nn.Module):
             rows.append(img.reshape(-1, img.shape[-1]))
         return torch.cat(rows) if len(rows) > 1 else rows[0]
 
-    def encode(self, *, text_ids: Tensor | None = None, text_lens: Tensor | None = None,
-               images: Tensor | None = None, image_token_type: int | Tensor = 1, keep_padded_text: bool = False,
-               vl_branch: bool = False, return_layers: bool = False,
-               output_rows: Callable[[PackedLayout], Tensor] | None = None) -> Encoding:
-        """One pass: fused (text and images), text-only or image-only.
+    def encode(self, layout: PackedLayout, *, text_ids: Tensor | None = None, images: Tensor | None = None,
+               image_token_type: int | Tensor = 1, rows: Tensor | None = None, vl_branch: bool = False,
+               return_layers: bool = False, draws: PassDraws | None = None) -> Encoding:
+        """One pass over a planned layout (`plan`): fused (text and images), text-only or image-only.
 
-        text_ids (B, Lt) padded token ids with real lengths text_lens (B,); images (B, 3, S, S) with modality
-        index image_token_type (an int, or a (B,) tensor of one index per pair).
-        keep_padded_text keeps the padded text positions as query-only rows (the official outputs at every
-        position); otherwise padding is dropped.  vl_branch also runs, for a unimodal pass, the VL-FFN branch
-        from layer vl_start (the official infer_text/infer_image).  output_rows(layout) names the rows whose final
-        output will be read (e.g. the [CLS] rows); the last layer then computes only those (the other rows of
-        `hidden`/`feats` hold no meaningful values).
+        text_ids (B, Lt) padded token ids (their real lengths are the layout's); images (B, 3, S, S) with modality
+        index image_token_type (an int, or a (B,) tensor of one index per pair).  rows: the packed rows whose
+        output is read (e.g. cls_rows(layout)); the last layer computes only those and the encoding holds them
+        in that order.  vl_branch also runs, for a unimodal pass, the VL-FFN branch from layer vl_start (the
+        official infer_text/infer_image).  draws: the pass's random decisions (pass_draws); in training without
+        them the model draws from the global generator.
         """
+        self._check_pass(layout, text_ids, images, rows, return_layers)
+        route = _route_of(layout)
+        if draws is None:
+            draws = self.pass_draws(layout, vl_branch)
+        x = self.embed(layout, text_ids, images, image_token_type, None if draws is None else draws.text_keep)
+        L, s = self.cfg.depth, self.cfg.vl_start
+        main = [None] * 2 if draws is None else draws.drop_path.unbind(0)
+        blocks = self.transformer
+        layers: list[Tensor] | None = [] if return_layers else None
+        x_low = blocks.run_blocks(x, self._layer_inputs(layout, route, range(0, s), main[0]), 0, layers,
+                                  rows if s == L else None)
+        x_top = blocks.run_blocks(x_low, self._layer_inputs(layout, route, range(s, L), main[0]), s, layers, rows)
+        enc = Encoding(layout, x_top, blocks.norm(x_top), layers=layers)
+        if vl_branch and route is not Route.FUSED:
+            enc.vl_layers = [] if return_layers else None
+            branch = self._layer_inputs(layout, Route.FUSED, range(s, L), main[1])
+            vl = blocks.run_blocks(x_low, branch, s, enc.vl_layers, rows)
+            enc.vl_hidden, enc.vl_feats = vl, blocks.norm(vl)
+        return enc
+
+    def _check_pass(self, layout: PackedLayout, text_ids: Tensor | None, images: Tensor | None,
+                    rows: Tensor | None, return_layers: bool) -> None:
         if text_ids is None and images is None:
             raise ValueError("encode needs text_ids, images or both")
-        if text_ids is not None and text_lens is None:
-            raise ValueError("text_ids need their real lengths text_lens")
-        B = text_ids.shape[0] if text_ids is not None else images.shape[0]
-        if text_ids is not None and images is not None and images.shape[0] != B:
-            raise ValueError(f"{B} texts but {images.shape[0]} images")
-        cfg = self.cfg
-        device = (text_ids if text_ids is not None else images).device
-        lens = torch.zeros(B, dtype=torch.int32) if text_ids is None else text_lens
-        layout = make_layout(lens.to(device), cfg.num_image_tokens if images is not None else 0,
-                             text_ids.shape[1] if keep_padded_text and text_ids is not None else None)
-        route = "vl" if text_ids is not None and images is not None else ("text" if images is None else "image")
-        x = self.embed(layout, text_ids, images, image_token_type)
-
-        L, s = cfg.depth, cfg.vl_start
-        run_branch = vl_branch and route != "vl"
-        layers: list[Tensor] | None = [] if return_layers else None
-        blocks = self.transformer
-        out_rows = None if output_rows is None else output_rows(layout).to(x.device)
-        if s == L:  # no layer from vl_start on: the last layer is a low one
-            x_top = x_low = blocks.run_blocks(x, self._layer_inputs(layout, route, range(0, s)), 0, layers, out_rows)
-        else:
-            x_low = blocks.run_blocks(x, self._layer_inputs(layout, route, range(0, s)), 0, layers)
-            x_top = blocks.run_blocks(x_low, self._layer_inputs(layout, route, range(s, L)), s, layers, out_rows)
-        norm = blocks.norm
-        enc = Encoding(layout, x_top, norm(x_top), layers=layers)
-        if run_branch:
-            enc.vl_layers = [] if return_layers else None
-            vl = blocks.run_blocks(x_low, self._layer_inputs(layout, "vl", range(s, L)), s, enc.vl_layers, out_rows)
-            enc.vl_hidden, enc.vl_feats = vl, norm(vl)
-        return enc
+        P = layout.num_pairs
+        for name, t in (("text_ids", text_ids), ("images", images)):
+            if t is not None and t.shape[0] != P:
+                raise ValueError(f"{name} has {t.shape[0]} rows but the layout plans {P} pairs")
+        if (text_ids is None) != (layout.num_text_rows == 0) or (images is None) != (layout.max_image == 0):
+            raise ValueError("the layout was planned for other inputs (text and images must match plan())")
+        if rows is not None and return_layers:
+            raise ValueError("return_layers needs every row: pass rows=None")

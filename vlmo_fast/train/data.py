@@ -12,6 +12,7 @@ from vlmo_fast.data.dali import DaliDecoder
 from vlmo_fast.data.datasets import TextOnlyView, build_dataset, set_epoch
 from vlmo_fast.data.registry import get_spec
 from vlmo_fast.data.wds import WdsSplit
+from vlmo_fast.seeds import epoch_order_seed, loader_seed
 
 # Answer vocabularies written beside the VQA arrow files by the converters (label -> answer).
 ANSWER_FILES = {"vqa": "vqav2_answers.json", "synthetic_vqa": "synthetic_vqa_answers.json"}
@@ -69,7 +70,7 @@ def augments(config: dict) -> bool:
 def epoch_order(n: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[int]:
     """This rank's sample order for an epoch: a seeded permutation, dealt round-robin over ranks (each rank the
     same number of samples, the tail dropped as a DistributedSampler with drop_last would)."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch)).tolist()
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(epoch_order_seed(seed, epoch))).tolist()
     per_rank = n // world
     return perm[rank:per_rank * world:world]
 
@@ -99,7 +100,7 @@ def loader(dataset: Dataset, indices: list[int], config: dict, batch_size: int, 
     workers = int(config["num_workers"])
     # Its own generator: creating the iterator must not draw from the global RNG, or a resumed run (which creates
     # one more iterator) would see another drop-path stream than the uninterrupted one.
-    generator = torch.Generator().manual_seed(int(config["seed"]) * 7919 + epoch)
+    generator = torch.Generator().manual_seed(loader_seed(int(config["seed"]), epoch))
     return DataLoader(dataset, batch_size=batch_size, sampler=indices, collate_fn=collate, drop_last=drop_last,
                       num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=False,
                       prefetch_factor=4 if workers else None, generator=generator)

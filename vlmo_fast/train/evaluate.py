@@ -10,32 +10,25 @@ from torch import Tensor
 
 from vlmo_fast.data.arrow import SplitTable
 from vlmo_fast.data.retrieval import retrieval_split
-from vlmo_fast.model.vlmo import VLMo, first_row_index
+from vlmo_fast.data.collate import text_lens
+from vlmo_fast.model.inference import (image_features, itm_logits, nlvr2_logits, supervised_rows, text_features,
+                                       vqa_logits)
+from vlmo_fast.model.vlmo import VLMo
 from vlmo_fast.objectives import vqa_targets
 from .data import build_split, loader, to_device
-from .step import nlvr2_logits, textmlm_losses, vqa_logits
-
-
-def _l2(x: Tensor) -> Tensor:
-    return x / x.norm(dim=-1, keepdim=True)
 
 
 @torch.no_grad()
 def embed_texts(model: VLMo, ids: Tensor, lens: Tensor, batch_size: int, device) -> Tensor:
     """(N, D) l2-normalised ITC text features (text-only pass, no VL branch: the official infer_text_ft)."""
-    out = []
-    for i in range(0, ids.shape[0], batch_size):
-        enc = model.encode(text_ids=ids[i:i + batch_size].to(device), text_lens=lens[i:i + batch_size].to(device),
-                           output_rows=first_row_index)
-        out.append(_l2(model.itc_text_proj(enc.first_rows(enc.feats))).float())
-    return torch.cat(out)
+    return torch.cat([text_features(model, ids[i:i + batch_size].to(device), lens[i:i + batch_size].to(device))
+                      ["text"].float() for i in range(0, ids.shape[0], batch_size)])
 
 
 @torch.no_grad()
 def embed_images(model: VLMo, images: Tensor) -> Tensor:
     """(B, D) l2-normalised ITC image features of (B, 3, S, S) images."""
-    enc = model.encode(images=images, output_rows=first_row_index)
-    return _l2(model.itc_image_proj(enc.first_rows(enc.feats))).float()
+    return image_features(model, images)["image"].float()
 
 
 def recall_at_k(scores: Tensor, text_image: Tensor, ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, float]:
@@ -72,9 +65,8 @@ def itm_rerank(model: VLMo, scores: Tensor, text_ids: Tensor, text_lens: Tensor,
     for s in range(0, len(pairs), batch_size):
         chunk = torch.tensor(pairs[s:s + batch_size])
         img_i, txt_i = chunk[:, 0], chunk[:, 1]
-        enc = model.encode(text_ids=text_ids[txt_i].to(device), text_lens=text_lens[txt_i].to(device),
-                           images=images[img_i].to(device), output_rows=first_row_index)
-        itm = model.itm_score(model.pooler(enc.first_rows(enc.feats)))[:, 1].float()
+        itm = itm_logits(model, text_ids[txt_i].to(device), text_lens[txt_i].to(device),
+                         images[img_i].to(device))[:, 1].float()
         out[img_i, txt_i] = scores[img_i, txt_i] + itm.to(scores.device)
     return out
 
@@ -82,10 +74,14 @@ def itm_rerank(model: VLMo, scores: Tensor, text_ids: Tensor, text_lens: Tensor,
 @torch.no_grad()
 def vqa_predictions(model: VLMo, batch: dict) -> tuple[Tensor, Tensor]:
     """(arg-max label, its target score) per question of a batch."""
-    logits = vqa_logits(model, batch).float()
+    logits = _vqa_logits(model, batch).float()
     labels = logits.argmax(1)
     targets = vqa_targets(batch["vqa_labels"], batch["vqa_scores"], logits.shape[1], logits.device)
     return labels, targets.gather(1, labels[:, None]).squeeze(1)
+
+
+def _vqa_logits(model: VLMo, batch: dict) -> Tensor:
+    return vqa_logits(model, batch["text_ids"], text_lens(batch), batch["image"][0])
 
 
 def majority_score(batch_labels: list[list[int]], batch_scores: list[list[float]], label: int) -> float:
@@ -96,7 +92,7 @@ def majority_score(batch_labels: list[list[int]], batch_scores: list[list[float]
 
 @torch.no_grad()
 def nlvr2_correct(model: VLMo, batch: dict) -> Tensor:
-    logits = nlvr2_logits(model, batch)
+    logits = nlvr2_logits(model, batch["text_ids"], text_lens(batch), batch["image_0"][0], batch["image_1"][0])
     return logits.argmax(-1) == torch.as_tensor(batch["answers"], device=logits.device)
 
 
@@ -142,7 +138,7 @@ def evaluate_vqa(model: VLMo, config: dict, device, answers: list[str] | None, l
     if log_dir is not None:
         predictions = []
         for batch in _eval_loader(config, "test", device):
-            labels = vqa_logits(model, to_device(batch, device)).argmax(1).tolist()
+            labels = _vqa_logits(model, to_device(batch, device)).argmax(1).tolist()
             predictions += [{"question_id": int(q), "answer": answers[l] if answers and l < len(answers) else "unknown"}
                             for q, l in zip(batch["qid"], labels)]
         Path(log_dir).mkdir(parents=True, exist_ok=True)
@@ -195,8 +191,9 @@ def evaluate_textmlm(model: VLMo, config: dict, device) -> dict[str, float]:
     correct = total = 0.0
     for batch in _eval_loader(config, "val", device):
         batch = to_device(batch, device)
-        n = (batch["text_labels_mlm"] != -100).sum().item()
-        _, m = textmlm_losses(model, batch)
-        correct += m["mlm_accuracy"].item() * n
-        total += n
+        layout = model.plan(text_lens=text_lens(batch))
+        rows, target = supervised_rows(layout, batch["text_labels_mlm"])
+        feats = model.encode(layout, text_ids=batch["text_ids_mlm"], rows=rows).feats
+        correct += (model.mlm_score(feats).argmax(-1) == target).sum().item()
+        total += target.numel()
     return {"textmlm/val/accuracy": correct / max(1, total)}

@@ -7,192 +7,182 @@ the losses and gradients equal to the official-style computation for the same ba
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vlmo_fast import objectives as O
+from vlmo_fast import objectives
 from vlmo_fast.distributed import fetch_rows
-from vlmo_fast.model.vlmo import VLMo, first_row_index
-from vlmo_fast.ops.layout import PackedLayout
-from vlmo_fast.ops.packing import pack_text
+from vlmo_fast.data.collate import text_lens
+from vlmo_fast.model.inference import image_features, nlvr2_logits, supervised_rows, text_features, vqa_logits
+from vlmo_fast.model.vlmo import VLMo, cls_rows
+
+Losses = tuple[dict[str, Tensor], dict[str, Tensor]]  # (losses, metrics) of an objective
 
 
-def text_lens(batch: dict) -> Tensor:
-    """Real caption lengths: the collate's `text_lens`, else the sum of the (prefix) masks."""
-    lens = batch.get("text_lens")
-    return (batch["text_masks"].sum(1) if lens is None else lens).to(torch.int32)
+@dataclass
+class StepDraws:
+    """The randomness of one training step, handed to it: hard negatives are sampled with `generator` (or come
+    pre-drawn as (neg_image_idx, neg_text_idx) indices into the gathered batch); stochastic depth and the text
+    dropout are decided with `dropout_generator` (VLMo.pass_draws).  None means the global generator (whose
+    state the trainer's checkpoints carry, so a resumed run draws on exactly)."""
 
+    generator: torch.Generator | None = None
+    negatives: tuple[Tensor, Tensor] | None = None
+    dropout_generator: torch.Generator | None = None
 
-def _l2(x: Tensor) -> Tensor:
-    return x / x.norm(dim=-1, keepdim=True)
-
-
-def supervised_rows(layout: PackedLayout, labels_padded: Tensor) -> tuple[Tensor, Tensor]:
-    """The packed text rows with an MLM label (label != -100) and those labels."""
-    labels = pack_text(labels_padded, layout)  # (Tt,)
-    rows = (labels != -100).nonzero().squeeze(1)
-    return rows, labels.index_select(0, rows)
-
-
-def _mlm(model: VLMo, feats: Tensor, rows: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """MLM loss over the supervised text rows only (supervised_rows); also returns their logits and labels."""
-    logits = model.mlm_score(feats.index_select(0, rows))
-    return O.mlm_loss(logits, target), logits, target
+    def hard_negatives(self, i2t: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
+        if self.negatives is not None:
+            return self.negatives
+        return objectives.hard_negative_indices(i2t, i2t.t(), batch_size, self.generator)
 
 
 def _accuracy(logits: Tensor, target: Tensor) -> Tensor:
     return (logits.argmax(-1) == target).float().mean() if target.numel() else logits.new_zeros(())
 
 
-def contrastive_features(model: VLMo, batch: dict, vl_branch: bool) -> dict[str, Tensor]:
-    """L2-normalised [CLS] projections of the text-only and image-only passes (and of their VL-FFN branch)."""
+def contrastive_features(model: VLMo, batch: dict, vl_branch: bool, draws: StepDraws) -> dict[str, Tensor]:
+    """l2-normalised [CLS] projections of the text-only and image-only passes (and of their VL-FFN branch)."""
+    ids, img = batch["text_ids"], batch["image"][0]
+    return {**text_features(model, ids, text_lens(batch), vl_branch, draws.dropout_generator),
+            **image_features(model, img, vl_branch, draws.dropout_generator)}
+
+
+def itc_losses(model: VLMo, batch: dict, gather_grad: bool, draws: StepDraws) -> tuple[Tensor, Losses]:
+    """ITC on the plain and the VL-FFN [CLS] features (averaged); also returns the image-to-text logits."""
+    f = contrastive_features(model, batch, vl_branch=True, draws=draws)
+    i2t, _ = objectives.contrastive_logits(f["image"], f["text"], model.logit_scale, True, gather_grad)
+    vl_i2t, _ = objectives.contrastive_logits(f["image_vl"], f["text_vl"], model.logit_vl_scale, True, gather_grad)
+    B = f["image"].shape[0]
+    target = torch.arange(B, device=i2t.device)
+    loss = 0.5 * (objectives.contrastive_loss(i2t) + objectives.contrastive_loss(vl_i2t))
+    return i2t, ({"itc_loss": loss}, {"itc_i2t_accuracy": _accuracy(i2t[:B], target),
+                                      "itc_t2i_accuracy": _accuracy(i2t.t()[:B], target)})
+
+
+def _fused_inputs(batch: dict, tasks: set[str], negatives: tuple[Tensor, Tensor] | None):
+    """The pairs of the one fused pass: [positives | (text, negative image) | (negative text, image) | MLM input],
+    as enabled; returns (text_ids, text_lens, images, MLM labels or None)."""
     ids, lens, img = batch["text_ids"], text_lens(batch), batch["image"][0]
-    text = model.encode(text_ids=ids, text_lens=lens, vl_branch=vl_branch, output_rows=first_row_index)
-    image = model.encode(images=img, vl_branch=vl_branch, output_rows=first_row_index)
-    out = {"text": _l2(model.itc_text_proj(text.first_rows(text.feats))),
-           "image": _l2(model.itc_image_proj(image.first_rows(image.feats)))}
-    if vl_branch:
-        out["text_vl"] = _l2(model.itc_vl_text_proj(text.first_rows(text.vl_feats)))
-        out["image_vl"] = _l2(model.itc_vl_image_proj(image.first_rows(image.vl_feats)))
-    return out
-
-
-def pretrain_losses(model: VLMo, batch: dict, tasks: set[str], gather_grad: bool = True,
-                    negatives: tuple[Tensor, Tensor] | None = None,
-                    generator: torch.Generator | None = None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """Stage-3 pre-training: ITC (+ VL-FFN ITC), ITM with global hard negatives, MLM (x 0.25), as enabled.
-
-    negatives=(neg_image_idx, neg_text_idx) replaces the sampling (indices into the gathered batch).
-    Returns (losses, metrics)."""
-    ids, lens, img = batch["text_ids"], text_lens(batch), batch["image"][0]
-    B = ids.shape[0]
-    losses, metrics = {}, {}
-    i2t = None
-    if "itc" in tasks:
-        f = contrastive_features(model, batch, vl_branch=True)
-        i2t, _ = O.contrastive_logits(f["image"], f["text"], model.logit_scale, True, gather_grad)
-        vl_i2t, _ = O.contrastive_logits(f["image_vl"], f["text_vl"], model.logit_vl_scale, True, gather_grad)
-        losses["itc_loss"] = 0.5 * (O.contrastive_loss(i2t) + O.contrastive_loss(vl_i2t))
-        target = torch.arange(B, device=i2t.device)
-        metrics["itc_i2t_accuracy"] = _accuracy(i2t[:B], target)
-        metrics["itc_t2i_accuracy"] = _accuracy(i2t.t()[:B], target)
-
-    # One fused pass over [positives | (text, negative image) | (negative text, image) | MLM input].
-    texts, text_len, images = [], [], []
-    if "itm" in tasks:
-        if negatives is None:
-            if i2t is None:
-                raise ValueError("ITM with hard negatives needs ITC (as in the official code)")
-            negatives = O.hard_negative_indices(i2t, i2t.t(), B, generator)
+    texts, lengths, images = [], [], []
+    if negatives is not None:
         neg_image, neg_text = negatives
         with torch.no_grad():  # only the chosen rows travel between ranks
             neg_ids, neg_lens = fetch_rows(ids, neg_text), fetch_rows(lens, neg_text)
             neg_img = fetch_rows(img, neg_image)
-        texts += [ids, ids, neg_ids]
-        text_len += [lens, lens, neg_lens]
-        images += [img, neg_img, img]
+        texts, lengths, images = [ids, ids, neg_ids], [lens, lens, neg_lens], [img, neg_img, img]
+    labels = None
     if "mlm" in tasks:
         texts.append(batch["text_ids_mlm"])
-        text_len.append(lens)
+        lengths.append(lens)
         images.append(img)
-    if texts:
-        n_itm = 3 * B if "itm" in tasks else 0
-        labels_all = torch.cat([torch.full_like(ids, -100)] * (len(texts) - 1) + [batch["text_labels_mlm"]]) \
-            if "mlm" in tasks else None
+        labels = torch.cat([torch.full_like(ids, -100)] * (len(texts) - 1) + [batch["text_labels_mlm"]])
+    return torch.cat(texts), torch.cat(lengths), torch.cat(images), labels
 
-        supervised: list[tuple[Tensor, Tensor]] = []  # found once, on the pass's layout, for the MLM loss too
 
-        def read_rows(layout: PackedLayout) -> Tensor:  # the ITM [CLS] rows and the MLM supervised rows
-            rows = [first_row_index(layout)[:n_itm]]
-            if labels_all is not None:
-                supervised.append(supervised_rows(layout, labels_all))
-                rows.append(supervised[0][0])
-            return torch.cat(rows)
-
-        enc = model.encode(text_ids=torch.cat(texts), text_lens=torch.cat(text_len), images=torch.cat(images),
-                           output_rows=read_rows)
-        if "itm" in tasks:
-            logits = model.itm_score(model.pooler(enc.first_rows(enc.feats)[: 3 * B]))
-            labels = O.itm_labels(B, logits.device).long()
-            losses["itm_loss"] = F.cross_entropy(logits, labels)
-            metrics["itm_accuracy"] = _accuracy(logits, labels)
-        if "mlm" in tasks:
-            loss, logits, target = _mlm(model, enc.feats, *supervised[0])
-            losses["mlm_loss"] = 0.25 * loss
-            metrics["mlm_accuracy"] = _accuracy(logits, target)
+def fused_losses(model: VLMo, batch: dict, tasks: set[str], i2t: Tensor | None, draws: StepDraws) -> Losses:
+    """ITM with global hard negatives and MLM (x 0.25), sharing ONE fused encoder pass that computes only the
+    rows read: the ITM [CLS] rows and the MLM supervised rows."""
+    B = batch["text_ids"].shape[0]
+    negatives = None
+    if "itm" in tasks:
+        if i2t is None:
+            raise ValueError("ITM with hard negatives needs ITC (as in the official code)")
+        negatives = draws.hard_negatives(i2t, B)
+    ids, lens, images, labels = _fused_inputs(batch, tasks, negatives)
+    layout = model.plan(text_lens=lens, num_images=images.shape[0])
+    n_itm = 3 * B if negatives is not None else 0
+    rows, target = [cls_rows(layout)[:n_itm]], None
+    if labels is not None:
+        mlm_rows, target = supervised_rows(layout, labels)
+        rows.append(mlm_rows)
+    feats = model.encode(layout, text_ids=ids, images=images, rows=torch.cat(rows),
+                         draws=model.pass_draws(layout, generator=draws.dropout_generator)).feats
+    losses, metrics = {}, {}
+    if n_itm:
+        logits = model.itm_score(model.pooler(feats[:n_itm]))
+        itm_target = objectives.itm_labels(B, logits.device).long()
+        losses["itm_loss"] = F.cross_entropy(logits, itm_target)
+        metrics["itm_accuracy"] = _accuracy(logits, itm_target)
+    if target is not None:
+        logits = model.mlm_score(feats[n_itm:])
+        losses["mlm_loss"] = 0.25 * objectives.mlm_loss(logits, target)
+        metrics["mlm_accuracy"] = _accuracy(logits, target)
     return losses, metrics
 
 
-def textmlm_losses(model: VLMo, batch: dict) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+def pretrain_losses(model: VLMo, batch: dict, tasks: set[str], gather_grad: bool = True,
+                    draws: StepDraws | None = None) -> Losses:
+    """Stage-3 pre-training: ITC (+ VL-FFN ITC), ITM with global hard negatives, MLM (x 0.25), as enabled."""
+    draws = draws or StepDraws()
+    losses, metrics, i2t = {}, {}, None
+    if "itc" in tasks:
+        i2t, (losses, metrics) = itc_losses(model, batch, gather_grad, draws)
+    if tasks & {"itm", "mlm"}:
+        fused, fused_metrics = fused_losses(model, batch, tasks, i2t, draws)
+        losses.update(fused)
+        metrics.update(fused_metrics)
+    return losses, metrics
+
+
+def textmlm_losses(model: VLMo, batch: dict, draws: StepDraws | None = None) -> Losses:
     """Stage 2: MLM on the text-only pass (no 0.25 factor)."""
-    supervised: list[tuple[Tensor, Tensor]] = []  # found once, on the pass's layout, for the loss too
-
-    def read_rows(layout: PackedLayout) -> Tensor:
-        supervised.append(supervised_rows(layout, batch["text_labels_mlm"]))
-        return supervised[0][0]
-
-    enc = model.encode(text_ids=batch["text_ids_mlm"], text_lens=text_lens(batch), output_rows=read_rows)
-    loss, logits, target = _mlm(model, enc.feats, *supervised[0])
-    return {"mlm_loss": loss}, {"mlm_accuracy": _accuracy(logits, target)}
+    draws = draws or StepDraws()
+    layout = model.plan(text_lens=text_lens(batch))
+    rows, target = supervised_rows(layout, batch["text_labels_mlm"])
+    feats = model.encode(layout, text_ids=batch["text_ids_mlm"], rows=rows,
+                         draws=model.pass_draws(layout, generator=draws.dropout_generator)).feats
+    logits = model.mlm_score(feats)
+    return {"mlm_loss": objectives.mlm_loss(logits, target)}, {"mlm_accuracy": _accuracy(logits, target)}
 
 
-def vqa_logits(model: VLMo, batch: dict) -> Tensor:
-    enc = model.encode(text_ids=batch["text_ids"], text_lens=text_lens(batch), images=batch["image"][0],
-                       output_rows=first_row_index)
-    return model.vqa_classifier(model.pooler(enc.first_rows(enc.feats)))
-
-
-def vqa_losses(model: VLMo, batch: dict) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    logits = vqa_logits(model, batch)
+def vqa_losses(model: VLMo, batch: dict, draws: StepDraws | None = None) -> Losses:
+    draws = draws or StepDraws()
+    ids = batch["text_ids"]
+    logits = vqa_logits(model, ids, text_lens(batch), batch["image"][0], draws.dropout_generator)
     targets = batch.get("vqa_targets")
     if targets is None:
-        targets = O.vqa_targets(batch["vqa_labels"], batch["vqa_scores"], logits.shape[1], logits.device)
-    return {"vqa_loss": O.vqa_loss(logits, targets)}, {"vqa_score": O.vqa_score(logits, targets).mean()}
+        targets = objectives.vqa_targets(batch["vqa_labels"], batch["vqa_scores"], logits.shape[1], logits.device)
+    return ({"vqa_loss": objectives.vqa_loss(logits, targets)},
+            {"vqa_score": objectives.vqa_score(logits, targets).mean()})
 
 
-def nlvr2_logits(model: VLMo, batch: dict) -> Tensor:
-    """Both images of every pair in one fused pass (token types 1 and 2), pooled features concatenated."""
-    ids, lens = batch["text_ids"], text_lens(batch)
-    B = ids.shape[0]
-    types = torch.cat([torch.ones(B, dtype=torch.long), torch.full((B,), 2, dtype=torch.long)])
-    enc = model.encode(text_ids=torch.cat([ids, ids]), text_lens=torch.cat([lens, lens]),
-                       images=torch.cat([batch["image_0"][0], batch["image_1"][0]]), image_token_type=types,
-                       output_rows=first_row_index)
-    pooled = model.pooler(enc.first_rows(enc.feats))
-    return model.nlvr2_classifier(torch.cat([pooled[:B], pooled[B:]], dim=-1))
-
-
-def nlvr2_losses(model: VLMo, batch: dict) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    logits = nlvr2_logits(model, batch)
+def nlvr2_losses(model: VLMo, batch: dict, draws: StepDraws | None = None) -> Losses:
+    draws = draws or StepDraws()
+    ids = batch["text_ids"]
+    logits = nlvr2_logits(model, ids, text_lens(batch), batch["image_0"][0], batch["image_1"][0],
+                          draws.dropout_generator)
     labels = torch.as_tensor(batch["answers"], device=logits.device).long()
     return {"nlvr2_loss": F.cross_entropy(logits, labels)}, {"nlvr2_accuracy": _accuracy(logits, labels)}
 
 
-def irtr_losses(model: VLMo, batch: dict, gather_grad: bool = True) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    f = contrastive_features(model, batch, vl_branch=False)
-    i2t, _ = O.contrastive_logits(f["image"], f["text"], model.logit_scale, True, gather_grad)
+def irtr_losses(model: VLMo, batch: dict, gather_grad: bool = True, draws: StepDraws | None = None) -> Losses:
+    f = contrastive_features(model, batch, vl_branch=False, draws=draws or StepDraws())
+    i2t, _ = objectives.contrastive_logits(f["image"], f["text"], model.logit_scale, True, gather_grad)
     B = f["image"].shape[0]
-    return {"irtr_loss": O.contrastive_loss(i2t)}, {"irtr_i2t_accuracy": _accuracy(i2t[:B], torch.arange(B, device=i2t.device))}
+    target = torch.arange(B, device=i2t.device)
+    return {"irtr_loss": objectives.contrastive_loss(i2t)}, {"irtr_i2t_accuracy": _accuracy(i2t[:B], target)}
 
 
 def task_losses(model: VLMo, batch: dict, tasks: set[str], gather_grad: bool = True,
-                generator: torch.Generator | None = None,
-                negatives: tuple[Tensor, Tensor] | None = None) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+                draws: StepDraws | None = None) -> Losses:
     """Every enabled objective; the training loss is the plain sum of the returned losses (as official)."""
-    losses, metrics = {}, {}
+    draws = draws or StepDraws()
     parts = []
     if tasks & {"itc", "itm", "mlm"}:
-        parts.append(pretrain_losses(model, batch, tasks, gather_grad, negatives, generator))
+        parts.append(pretrain_losses(model, batch, tasks, gather_grad, draws))
     if "textmlm" in tasks:
-        parts.append(textmlm_losses(model, batch))
+        parts.append(textmlm_losses(model, batch, draws))
     if "vqa" in tasks:
-        parts.append(vqa_losses(model, batch))
+        parts.append(vqa_losses(model, batch, draws))
     if "nlvr2" in tasks:
-        parts.append(nlvr2_losses(model, batch))
+        parts.append(nlvr2_losses(model, batch, draws))
     if "irtr" in tasks:
-        parts.append(irtr_losses(model, batch, gather_grad))
-    for l, m in parts:
-        losses.update(l)
-        metrics.update(m)
+        parts.append(irtr_losses(model, batch, gather_grad, draws))
+    losses, metrics = {}, {}
+    for part_losses, part_metrics in parts:
+        losses.update(part_losses)
+        metrics.update(part_metrics)
     return losses, metrics

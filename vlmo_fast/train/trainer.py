@@ -33,7 +33,8 @@ from .intact import has_checkpoint, resume_checkpoint
 from .optim import make_optimizer, make_scheduler, warmup_steps_of
 from .run_lock import hold_run_directory
 from .sharding import STRATEGIES, average_gradients, full_state_dict, shard
-from .step import task_losses
+from vlmo_fast.seeds import step_seed
+from .step import StepDraws, task_losses
 
 log = logging.getLogger(__name__)
 
@@ -61,10 +62,9 @@ class StepModule(nn.Module):
     def __init__(self, model: nn.Module, tasks: set[str], gather_grad: bool):
         super().__init__()
         self.model, self.tasks, self.gather_grad = model, tasks, gather_grad
-        self.generator: torch.Generator | None = None
 
-    def forward(self, batch: dict, negatives=None):
-        return task_losses(self.model, batch, self.tasks, self.gather_grad, self.generator, negatives)
+    def forward(self, batch: dict, draws: StepDraws | None = None):
+        return task_losses(self.model, batch, self.tasks, self.gather_grad, draws)
 
 
 def pick_device(config: dict) -> torch.device:
@@ -292,12 +292,11 @@ class Trainer:
                 batch = to_device(batch, self.device)
                 stall["wait"] += time.perf_counter() - ready
                 boundary = (self.micro + 1) % accumulate == 0
-                self.step_module.generator = torch.Generator(self.device).manual_seed(
-                    int(cfg["seed"]) * 1_000_003 + self.step * accumulate * self.world + self.micro * self.world
-                    + self.rank)
+                draws = StepDraws(torch.Generator(self.device).manual_seed(
+                    step_seed(int(cfg["seed"]), self.step * accumulate + self.micro, self.rank, self.world)))
                 with self._gradient_sync(boundary):
                     with self._autocast():
-                        losses, metrics = self.ddp(batch)
+                        losses, metrics = self.ddp(batch, draws)
                     loss = sum(losses.values())
                     if not self._all_finite(loss):
                         bad = True
