@@ -3,7 +3,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
-EXTRAS ?= test,dali
+EXTRAS ?= test,dali,plot
 
 .PHONY: setup demo test bench
 

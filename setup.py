@@ -75,6 +75,7 @@ setup(
         "dali": ["nvidia-dali-cuda120"],
         "dali-cuda130": ["nvidia-dali-cuda130"],
         "timm": ["timm>=0.9"],
+        "plot": ["matplotlib>=3.7"],
     },
     entry_points={"console_scripts": ["vlmo-fast=vlmo_fast.cli:main"]},
     ext_modules=ext_modules,
