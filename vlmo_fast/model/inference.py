@@ -22,29 +22,29 @@ def supervised_rows(layout: PackedLayout, labels_padded: Tensor) -> tuple[Tensor
     return rows, labels.index_select(0, rows)
 
 
+def _unimodal_features(model: VLMo, layout: PackedLayout, inputs: dict[str, Tensor], modality: str,
+                       vl_branch: bool, generator: torch.Generator | None) -> dict[str, Tensor]:
+    enc = model.encode(layout, **inputs, rows=cls_rows(layout), vl_branch=vl_branch,
+                       draws=model.pass_draws(layout, vl_branch, generator))
+    out = {modality: l2_normalize(getattr(model, f"itc_{modality}_proj")(enc.feats))}
+    if vl_branch:
+        out[f"{modality}_vl"] = l2_normalize(getattr(model, f"itc_vl_{modality}_proj")(enc.vl_feats))
+    return out
+
+
 def text_features(model: VLMo, text_ids: Tensor, text_lens: Tensor, vl_branch: bool = False,
                   generator: torch.Generator | None = None) -> dict[str, Tensor]:
     """l2-normalised ITC projections of the text-only pass's [CLS]: {"text"} (and {"text_vl"} of the VL-FFN
     branch; the official infer_text / infer_text_ft)."""
-    layout = model.plan(text_lens=text_lens)
-    enc = model.encode(layout, text_ids=text_ids, rows=cls_rows(layout), vl_branch=vl_branch,
-                       draws=model.pass_draws(layout, vl_branch, generator))
-    out = {"text": l2_normalize(model.itc_text_proj(enc.feats))}
-    if vl_branch:
-        out["text_vl"] = l2_normalize(model.itc_vl_text_proj(enc.vl_feats))
-    return out
+    return _unimodal_features(model, model.plan(text_lens=text_lens), {"text_ids": text_ids}, "text", vl_branch,
+                              generator)
 
 
 def image_features(model: VLMo, images: Tensor, vl_branch: bool = False,
                    generator: torch.Generator | None = None) -> dict[str, Tensor]:
     """l2-normalised ITC projections of the image-only pass's [CLS]: {"image"} (and {"image_vl"})."""
-    layout = model.plan(num_images=images.shape[0])
-    enc = model.encode(layout, images=images, rows=cls_rows(layout), vl_branch=vl_branch,
-                       draws=model.pass_draws(layout, vl_branch, generator))
-    out = {"image": l2_normalize(model.itc_image_proj(enc.feats))}
-    if vl_branch:
-        out["image_vl"] = l2_normalize(model.itc_vl_image_proj(enc.vl_feats))
-    return out
+    return _unimodal_features(model, model.plan(num_images=images.shape[0]), {"images": images}, "image",
+                              vl_branch, generator)
 
 
 def fused_cls(model: VLMo, text_ids: Tensor, text_lens: Tensor, images: Tensor,
