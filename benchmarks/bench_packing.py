@@ -32,14 +32,12 @@ def _ops(provider: str):
     if provider == "ext":
         if not _ext.state().loaded:
             pytest.skip(f"extension not loaded: {_ext.state().reason}")
-        return {"plan": pk.make_layout, "pack": pk.pack, "pack_text": pk.pack_text, "unpack": pk.unpack,
-                "gather_cls": pk.gather_cls}
-    return {"plan": pk.make_layout_ref, "pack": pk.pack_ref, "pack_text": pk.pack_text_ref, "unpack": pk.unpack_ref,
-            "gather_cls": pk.gather_cls_ref}
+        return {"plan": pk.make_layout, "pack": pk.pack, "pack_text": pk.pack_text, "unpack": pk.unpack}
+    return {"plan": pk.make_layout_ref, "pack": pk.pack_ref, "pack_text": pk.pack_text_ref, "unpack": pk.unpack_ref}
 
 
 @pytest.mark.parametrize("P", [64, 256])
-@pytest.mark.parametrize("op", ["plan", "pack", "pack_text", "unpack", "gather_cls"])
+@pytest.mark.parametrize("op", ["plan", "pack", "pack_text", "unpack"])
 @pytest.mark.parametrize("provider", ["ext", "ref"])
 def test_packing(timed, monkeypatch, provider, op, P):
     monkeypatch.setenv("VLMO_FAST_KERNELS", "auto")
@@ -54,10 +52,7 @@ def test_packing(timed, monkeypatch, provider, op, P):
         fn, work = (lambda: fns["pack"](text, image, layout)), 2 * T * D * es
     elif op == "pack_text":
         fn, work = (lambda: fns["pack_text"](text, layout)), 2 * Tt * D * es
-    elif op == "unpack":
-        x = pk.pack_ref(text, image, layout)
-        fn, work = (lambda: fns["unpack"](x, layout, LT)), (Tt + P * LT) * D * es  # image rows: a view
     else:
         x = pk.pack_ref(text, image, layout)
-        fn, work = (lambda: fns["gather_cls"](x, layout, "image")), 2 * P * D * es
+        fn, work = (lambda: fns["unpack"](x, layout, LT)), (Tt + P * LT) * D * es  # image rows: a view
     timed(fn, "cpu", work=work, unit="GB/s", rounds=10, warmup=2)

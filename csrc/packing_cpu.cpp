@@ -6,14 +6,10 @@
 #include "packing_kernels.h"
 
 #include <ATen/Parallel.h>
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
 
 #include <algorithm>
 #include <cstring>
 #include <limits>
-#include <numeric>
-#include <vector>
 
 namespace vlmo_fast::cpu {
 namespace {
@@ -24,33 +20,6 @@ constexpr int64_t kGrainBytes = 1 << 20;
 
 int64_t grain_for(int64_t bytes_per_item) {
   return std::max<int64_t>(1, kGrainBytes / std::max<int64_t>(1, bytes_per_item));
-}
-
-template <typename T, typename Acc>
-void scatter_add_typed(const T* src, T* dst, const int32_t* start, int64_t P, int64_t D) {
-  // Pairs sharing a start row (empty segments) form one group, summed in Acc in order of p and rounded once;
-  // groups write distinct rows, so threads split the groups without atomics.
-  std::vector<int64_t> order(P);
-  std::iota(order.begin(), order.end(), int64_t{0});
-  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return start[a] < start[b]; });
-  std::vector<int64_t> group_begin;
-  for (int64_t i = 0; i < P; ++i)
-    if (i == 0 || start[order[i]] != start[order[i - 1]]) group_begin.push_back(i);
-  const int64_t groups = static_cast<int64_t>(group_begin.size());
-  group_begin.push_back(P);
-  const int64_t bytes_per_group = D * static_cast<int64_t>(sizeof(T)) * (P / std::max<int64_t>(groups, 1));
-  at::parallel_for(0, groups, grain_for(bytes_per_group), [&](int64_t g0, int64_t g1) {
-    std::vector<Acc> acc(D);
-    for (int64_t g = g0; g < g1; ++g) {
-      std::fill(acc.begin(), acc.end(), Acc(0));
-      for (int64_t i = group_begin[g]; i < group_begin[g + 1]; ++i) {
-        const T* in = src + order[i] * D;
-        for (int64_t d = 0; d < D; ++d) acc[d] += static_cast<Acc>(in[d]);
-      }
-      T* out = dst + static_cast<int64_t>(start[order[group_begin[g]]]) * D;
-      for (int64_t d = 0; d < D; ++d) out[d] = static_cast<T>(acc[d]);
-    }
-  });
 }
 
 }  // namespace
@@ -131,20 +100,6 @@ int64_t first_bad_segment(const int32_t* start, const int32_t* len, int64_t P, i
   for (int64_t p = 0; p < P; ++p)
     if (!segment_ok(start[p], len ? len[p] : seg_rows, seg_rows, num_rows)) return p;
   return -1;
-}
-
-void scatter_add(const void* src, void* dst, const int32_t* start, int64_t P, int64_t D, FloatType type) {
-  switch (type) {
-    case FloatType::kFloat32:
-      return scatter_add_typed<float, float>(static_cast<const float*>(src), static_cast<float*>(dst), start, P, D);
-    case FloatType::kFloat64:
-      return scatter_add_typed<double, double>(static_cast<const double*>(src), static_cast<double*>(dst), start, P, D);
-    case FloatType::kFloat16:
-      return scatter_add_typed<c10::Half, float>(static_cast<const c10::Half*>(src), static_cast<c10::Half*>(dst), start, P, D);
-    case FloatType::kBFloat16:
-      return scatter_add_typed<c10::BFloat16, float>(static_cast<const c10::BFloat16*>(src), static_cast<c10::BFloat16*>(dst), start,
-                               P, D);
-  }
 }
 
 }  // namespace vlmo_fast::cpu

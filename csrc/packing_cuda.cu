@@ -6,8 +6,6 @@
 // The plan is one block: a prefix sum over the pairs (a few hundred) is launch-bound, not bandwidth-bound.
 #include "packing_kernels.h"
 
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <climits>
@@ -164,55 +162,6 @@ const char* launch_copy(const void* src, void* dst, const int32_t* start, const 
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// scatter_add: src (P, D) into zeroed dst (num_rows, D).  Deterministic without atomics, as the CPU kernel: the
-// pairs come sorted by start row (stably), the block of the first pair of each group writes that row, summing
-// the group in order of p in float (double for double) and rounding once.
-__device__ __forceinline__ float widen(float v) { return v; }
-__device__ __forceinline__ double widen(double v) { return v; }
-__device__ __forceinline__ float widen(__half v) { return __half2float(v); }
-__device__ __forceinline__ float widen(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <typename T> __device__ __forceinline__ T narrow(float v);
-template <> __device__ __forceinline__ float narrow<float>(float v) { return v; }
-template <> __device__ __forceinline__ __half narrow<__half>(float v) { return __float2half_rn(v); }
-template <> __device__ __forceinline__ __nv_bfloat16 narrow<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-
-template <typename T>
-__global__ void scatter_add_kernel(const T* __restrict__ src, T* __restrict__ dst, const int64_t* __restrict__ order,
-                                   const int32_t* __restrict__ sorted_start, int64_t P, int64_t D, int64_t num_rows) {
-  const int64_t i = blockIdx.x;
-  const int32_t row = sorted_start[i];
-  if (i > 0 && sorted_start[i - 1] == row) return;  // not the first of its group: that block sums the group
-  if (row < 0 || row >= num_rows) return;
-  int64_t end = i + 1;  // the group is order[i, end); each pair is visited by one block only: linear in P
-  while (end < P && sorted_start[end] == row) ++end;
-  for (int64_t d = blockIdx.y * static_cast<int64_t>(blockDim.x) + threadIdx.x; d < D;
-       d += static_cast<int64_t>(gridDim.y) * blockDim.x) {
-    decltype(widen(T{})) acc = 0;
-    for (int64_t j = i; j < end; ++j) acc += widen(src[order[j] * D + d]);
-    if constexpr (sizeof(acc) == sizeof(double)) {
-      dst[row * D + d] = acc;
-    } else {
-      dst[row * D + d] = narrow<T>(acc);
-    }
-  }
-}
-
-template <typename T>
-const char* launch_scatter_add(const void* src, void* dst, const int64_t* order, const int32_t* sorted_start,
-                               int64_t P, int64_t D, int64_t num_rows, cudaStream_t stream) {
-  if (cudaMemsetAsync(dst, 0, num_rows * D * static_cast<int64_t>(sizeof(T)), stream) != cudaSuccess)
-    return launch_status();
-  if (P == 0 || D == 0) return nullptr;
-  if (P > INT_MAX) return "vlmo_fast: too many pairs for one scatter launch";
-  int64_t col_blocks = (D + kThreads - 1) / kThreads;
-  col_blocks = col_blocks > 65535 ? 65535 : col_blocks;
-  const dim3 grid(static_cast<unsigned>(P), static_cast<unsigned>(col_blocks));
-  scatter_add_kernel<T><<<grid, kThreads, 0, stream>>>(static_cast<const T*>(src), static_cast<T*>(dst), order,
-                                                       sorted_start, P, D, num_rows);
-  return launch_status();
-}
-
-// ---------------------------------------------------------------------------------------------------------------
 // first_bad_segment: the smallest p whose segment fails segment_ok, by an atomic min over the pairs into a value
 // preset to all ones (-1 as int64, the "all pass" answer).
 __global__ void first_bad_segment_kernel(const int32_t* __restrict__ start, const int32_t* __restrict__ len,
@@ -278,19 +227,6 @@ const char* first_bad_segment(const int32_t* start, const int32_t* len, int64_t 
   first_bad_segment_kernel<<<static_cast<unsigned>(blocks), kThreads, 0, s>>>(
       start, len, P, seg_rows, num_rows, reinterpret_cast<unsigned long long*>(first_bad));
   return launch_status();
-}
-
-const char* scatter_add(const void* src, void* dst, const int64_t* order, const int32_t* sorted_start, int64_t P,
-                        int64_t D, int64_t num_rows, FloatType type, void* stream) {
-  auto s = static_cast<cudaStream_t>(stream);
-  switch (type) {
-    case FloatType::kFloat32: return launch_scatter_add<float>(src, dst, order, sorted_start, P, D, num_rows, s);
-    case FloatType::kFloat64: return launch_scatter_add<double>(src, dst, order, sorted_start, P, D, num_rows, s);
-    case FloatType::kFloat16: return launch_scatter_add<__half>(src, dst, order, sorted_start, P, D, num_rows, s);
-    case FloatType::kBFloat16:
-      return launch_scatter_add<__nv_bfloat16>(src, dst, order, sorted_start, P, D, num_rows, s);
-  }
-  return "vlmo_fast: unknown scatter_add type";
 }
 
 }  // namespace vlmo_fast::cuda

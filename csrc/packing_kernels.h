@@ -6,7 +6,7 @@
 // Shared conventions:
 //   * "padded" data is (P, seg_rows, row_bytes) bytes, pair-major and contiguous;
 //   * "packed" data is (num_rows, row_bytes) bytes, pair p's segment starting at row start[p];
-//   * data movement works on bytes, so every dtype is supported; only scatter_add does arithmetic;
+//   * the kernels move bytes and do no arithmetic on the data, so every dtype is supported;
 //   * metadata (starts, lengths) is int32, as in PackedLayout.
 #pragma once
 
@@ -31,9 +31,6 @@ VLMO_FAST_HOST_DEVICE inline bool segment_ok(int64_t start, int64_t rows, int64_
   return rows == 0 || (start >= 0 && start + rows <= num_rows);  // an empty segment touches no row
 }
 
-// Element type of scatter_add, the only kernel that adds.
-enum class FloatType : int { kFloat32 = 0, kFloat64 = 1, kFloat16 = 2, kBFloat16 = 3 };
-
 namespace cpu {
 
 // lens[p] = number of leading ones of mask row p (P, L), or -1 if the row is not 1...10...0 (values 0/1).
@@ -57,10 +54,6 @@ void copy_segments(const void* src, void* dst, const int32_t* start, const int32
 // The first pair p whose segment fails segment_ok, or -1 when all pass (len == nullptr: seg_rows rows each).
 int64_t first_bad_segment(const int32_t* start, const int32_t* len, int64_t P, int64_t seg_rows, int64_t num_rows);
 
-// dst (num_rows, D) must be zeroed; dst[start[p]] += src[p] for p = 0..P-1.  Deterministic: the pairs sharing
-// a row are summed in order of p in float (double for float64) and rounded once to the element type.
-void scatter_add(const void* src, void* dst, const int32_t* start, int64_t P, int64_t D, FloatType type);
-
 }  // namespace cpu
 
 namespace cuda {
@@ -81,11 +74,6 @@ const char* row_pair(const int32_t* text_start, const int32_t* text_q_len, const
 const char* copy_segments(const void* src, void* dst, const int32_t* start, const int32_t* len, int64_t P,
                           int64_t seg_rows, int64_t row_bytes, int64_t num_packed_rows, bool to_packed,
                           void* stream);
-// Zeroes dst (num_rows, D) itself, then adds.  `order` lists the pairs sorted by start, ties in order of p
-// (a stable sort, done by the caller), and sorted_start[i] = start[order[i]]: each group of pairs sharing a
-// row is then contiguous, and one block sums it, so the work is linear in P.
-const char* scatter_add(const void* src, void* dst, const int64_t* order, const int32_t* sorted_start, int64_t P,
-                        int64_t D, int64_t num_rows, FloatType type, void* stream);
 
 }  // namespace cuda
 }  // namespace vlmo_fast

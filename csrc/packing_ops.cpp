@@ -3,7 +3,7 @@
 //
 // Fake (meta) implementations and autograd live on the Python side (vlmo_fast/ops/_ext.py), which is where
 // torch.compile looks for them.  Tensors here are already flattened by the Python wrappers: padded data
-// (P, L, D), packed data (T, D), any dtype for the data movement, floating types for scatter_rows_add.
+// (P, L, D), packed data (T, D), any dtype (the ops move rows and never compute on them).
 #include "packing_kernels.h"
 
 #include <ATen/ATen.h>
@@ -90,17 +90,6 @@ void check_row_count(int64_t text_rows, int64_t P, int64_t image_len) {
   const int64_t rows = text_rows + P * image_len;
   TORCH_CHECK(rows <= kInt32Limit, "vlmo_fast: the packed layout would have ", rows, " rows (", text_rows,
               " text + ", P, " pairs x ", image_len, " image), over the int32 row-index limit of ", kInt32Limit);
-}
-
-FloatType float_type(const at::Tensor& t) {
-  switch (t.scalar_type()) {
-    case at::kFloat: return FloatType::kFloat32;
-    case at::kDouble: return FloatType::kFloat64;
-    case at::kHalf: return FloatType::kFloat16;
-    case at::kBFloat16: return FloatType::kBFloat16;
-    default: TORCH_CHECK(false, "vlmo_fast: scatter_rows_add supports float32/64, float16, bfloat16, got ",
-                         t.scalar_type());
-  }
 }
 
 // Copies between the padded (P, L, D) tensor and the packed (T, D) tensor; see copy_segments.
@@ -240,41 +229,6 @@ std::tuple<at::Tensor, at::Tensor> unpack_rows(const at::Tensor& x, const at::Te
   return {text, image};
 }
 
-at::Tensor gather_rows(const at::Tensor& x, const at::Tensor& starts) {
-  TORCH_CHECK(x.dim() == 2, "vlmo_fast: gather_rows takes (T, D) rows, got ", x.sizes());
-  const int64_t P = starts.size(0);
-  const at::Tensor s = meta(starts, P, x.device(), "starts");
-  const at::Tensor xc = x.contiguous();
-  check_segments({{s, nullptr, 1, "gathered"}}, xc.size(0));
-  at::Tensor out = at::empty({P, 1, xc.size(1)}, xc.options());
-  copy_segments(out, xc, s, nullptr, /*to_packed=*/false);  // one row per pair, read at starts[p]
-  return out.view({P, xc.size(1)});
-}
-
-at::Tensor scatter_rows_add(const at::Tensor& src, const at::Tensor& starts, int64_t num_rows) {
-  TORCH_CHECK(src.dim() == 2, "vlmo_fast: scatter_rows_add takes (P, D) rows, got ", src.sizes());
-  TORCH_CHECK(num_rows >= 0, "vlmo_fast: num_rows must be >= 0, got ", num_rows);
-  const int64_t P = src.size(0), D = src.size(1);
-  const at::Tensor s = meta(starts, P, src.device(), "starts");
-  const at::Tensor sc = src.contiguous();
-  const FloatType type = float_type(sc);
-  check_segments({{s, nullptr, 1, "scattered"}}, num_rows);
-  if (sc.is_cuda()) {
-    at::Tensor out = at::empty({num_rows, D}, sc.options());
-    if (num_rows * D == 0) return out;
-    // A stable sort groups the pairs sharing a row in order of p (CUB's radix sort: linear in P).
-    const auto [sorted_start, order] = at::sort(s, /*stable=*/true, /*dim=*/0, /*descending=*/false);
-    const at::Tensor sorted_c = sorted_start.contiguous(), order_c = order.contiguous();
-    VLMO_FAST_CUDA_LAUNCH(sc, cuda::scatter_add(sc.const_data_ptr(), out.mutable_data_ptr(),
-                                                order_c.const_data_ptr<int64_t>(), i32(sorted_c), P, D, num_rows,
-                                                type, stream));
-    return out;
-  }
-  at::Tensor out = at::zeros({num_rows, D}, sc.options());
-  if (P * D > 0) cpu::scatter_add(sc.const_data_ptr(), out.mutable_data_ptr(), i32(s), P, D, type);
-  return out;
-}
-
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(vlmo_fast, m) {
@@ -287,8 +241,6 @@ TORCH_LIBRARY_FRAGMENT(vlmo_fast, m) {
         "int num_rows) -> Tensor");
   m.def("unpack_rows(Tensor x, Tensor text_start, Tensor text_q_len, Tensor image_start, int padded_len, "
         "int image_len) -> (Tensor, Tensor)");
-  m.def("gather_rows(Tensor x, Tensor starts) -> Tensor");
-  m.def("scatter_rows_add(Tensor src, Tensor starts, int num_rows) -> Tensor");
 }
 
 #define VLMO_FAST_REGISTER_KERNELS(m)            \
@@ -296,9 +248,7 @@ TORCH_LIBRARY_FRAGMENT(vlmo_fast, m) {
   m.impl("pack_plan", &pack_plan);               \
   m.impl("plan_row_pair", &plan_row_pair);       \
   m.impl("pack_rows", &pack_rows);               \
-  m.impl("unpack_rows", &unpack_rows);           \
-  m.impl("gather_rows", &gather_rows);           \
-  m.impl("scatter_rows_add", &scatter_rows_add)
+  m.impl("unpack_rows", &unpack_rows)
 
 TORCH_LIBRARY_IMPL(vlmo_fast, CPU, m) { VLMO_FAST_REGISTER_KERNELS(m); }
 

@@ -50,10 +50,6 @@ def test_bad_shapes(monkeypatch, kernels):
     x = pk.pack(b.text, b.image, layout)
     with pytest.raises(ValueError, match="padded_len"):
         pk.unpack(x, layout, 1)
-    with pytest.raises(ValueError, match="modality"):
-        pk.gather_cls(x, layout, "audio")
-    with pytest.raises(ValueError, match="rows"):
-        pk.gather_cls(x[:-1], layout, "image")
 
 
 def test_kernels_check_metadata_on_cpu():
@@ -65,8 +61,8 @@ def test_kernels_check_metadata_on_cpu():
         torch.ops.vlmo_fast.pack_rows(text, None, start, torch.tensor([4, 4], dtype=torch.int32), start, 8)
     with pytest.raises(RuntimeError, match="outside \\[0, 4\\]"):
         torch.ops.vlmo_fast.pack_rows(text, None, start, torch.tensor([4, 5], dtype=torch.int32), start, 9)
-    with pytest.raises(RuntimeError, match="int32"):
-        torch.ops.vlmo_fast.gather_rows(text[0], start.long())
+    with pytest.raises(RuntimeError, match="text_start must be int32"):
+        torch.ops.vlmo_fast.pack_rows(text, None, start.long(), start, start, 8)
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 Contract: for random batches (text lengths 2..Lt, P from 1 to 64, odd and even row widths, fp32/fp16/bf16/fp64
 and int64 token ids), with padding dropped or kept, text-only (no image) and image-only (no text) layouts,
-make_layout, make_layout_from_mask, pack, pack_text, unpack, unpack_text and gather_cls give bit-identical
+make_layout, make_layout_from_mask, pack, pack_text, unpack and unpack_text give bit-identical
 results through vlmo_fast._C and through the *_ref functions, and so do their gradients.
 """
 from __future__ import annotations
@@ -73,9 +73,6 @@ def test_movement_matches_reference(P, keep_padded, D, dtype):
     rows = x[: layout.num_text_rows]
     for padded_len in (b.padded_len, b.padded_len + 2):
         assert_equal(pk.unpack_text(rows, layout, padded_len), pk.unpack_text_ref(rows, layout, padded_len))
-    for modality in ("text", "image"):
-        assert_equal(pk.gather_cls(x, layout, modality), pk.gather_cls_ref(x, layout, modality))
-    assert_equal(pk.gather_cls(rows, layout, "text"), pk.gather_cls_ref(rows, layout, "text"))
 
 
 def test_token_ids_without_row_dims():
@@ -103,7 +100,6 @@ def test_text_only_and_image_only(dtype):
     x = pk.pack(None, image_only.image, layout)
     assert_equal(x, pk.pack_ref(None, image_only.image, layout))
     assert_equal(pk.unpack(x, layout, 0)[1], image_only.image)
-    assert_equal(pk.gather_cls(x, layout, "image"), pk.gather_cls_ref(x, layout, "image"))
 
 
 def _grads(fn, *inputs):
@@ -129,21 +125,7 @@ def test_gradients_match_reference(keep_padded, dtype):
         (lambda y: pk.unpack(y, layout, 11), lambda y: pk.unpack_ref(y, layout, 11), (x,)),
         (lambda y: pk.unpack_text(y, layout, 11), lambda y: pk.unpack_text_ref(y, layout, 11),
          (x[: layout.num_text_rows],)),
-        (lambda y: pk.gather_cls(y, layout, "text"), lambda y: pk.gather_cls_ref(y, layout, "text"), (x,)),
-        (lambda y: pk.gather_cls(y, layout, "image"), lambda y: pk.gather_cls_ref(y, layout, "image"), (x,)),
     ]
     for fn, ref, inputs in cases:
         for got, want in zip(_grads(fn, *inputs), _grads(ref, *inputs)):
             assert_equal(got, want)
-
-
-@pytest.mark.parametrize("dtype", FLOATS)
-def test_scatter_add_with_shared_rows(dtype):
-    """gather_cls's backward where pairs share a start row (empty segments): the sum in order of pair in
-    fp32 (fp64 for fp64), rounded once to the dtype."""
-    g = torch.Generator().manual_seed(8)
-    src = torch.randn(50, 33, generator=g).to(dtype)
-    starts = torch.randint(0, 20, (50,), generator=g, dtype=torch.int32)
-    acc = torch.float64 if dtype == torch.float64 else torch.float32
-    want = torch.zeros(24, 33, dtype=acc).index_add_(0, starts.long(), src.to(acc)).to(dtype)
-    assert_equal(torch.ops.vlmo_fast.scatter_rows_add(src, starts, 24), want)

@@ -27,8 +27,6 @@ SCHEMAS = {
                  "int num_rows) -> Tensor",
     "unpack_rows": "unpack_rows(Tensor x, Tensor text_start, Tensor text_q_len, Tensor image_start, "
                    "int padded_len, int image_len) -> (Tensor, Tensor)",
-    "gather_rows": "gather_rows(Tensor x, Tensor starts) -> Tensor",
-    "scatter_rows_add": "scatter_rows_add(Tensor src, Tensor starts, int num_rows) -> Tensor",
 }
 
 
@@ -131,16 +129,8 @@ def _fake_unpack_rows(x: Tensor, text_start: Tensor, text_q_len: Tensor, image_s
     return x.new_empty((P, padded_len, D)), x.new_empty((P, image_len, D))
 
 
-def _fake_gather_rows(x: Tensor, starts: Tensor) -> Tensor:
-    return x.new_empty((starts.shape[0], x.shape[1]))
-
-
-def _fake_scatter_rows_add(src: Tensor, starts: Tensor, num_rows: int) -> Tensor:
-    return src.new_empty((num_rows, src.shape[1]))
-
-
 # ---------------------------------------------------------------------------------------------------------------
-# Backward formulas: pack and unpack are each other's adjoint, gather and scatter-add likewise.
+# Backward formulas: pack and unpack are each other's adjoint.
 def _setup_pack(ctx, inputs, output) -> None:
     text, image, text_start, text_q_len, image_start, _ = inputs
     ctx.save_for_backward(text_start, text_q_len, image_start)
@@ -167,39 +157,16 @@ def _backward_unpack(ctx, g_text: Tensor, g_image: Tensor):
     return g_x, None, None, None, None, None
 
 
-def _setup_gather(ctx, inputs, output) -> None:
-    x, starts = inputs
-    ctx.save_for_backward(starts)
-    ctx.num_rows = x.shape[0]
-
-
-def _backward_gather(ctx, grad: Tensor):
-    (starts,) = ctx.saved_tensors
-    return torch.ops.vlmo_fast.scatter_rows_add(grad, starts, ctx.num_rows), None
-
-
-def _setup_scatter(ctx, inputs, output) -> None:
-    ctx.save_for_backward(inputs[1])
-
-
-def _backward_scatter(ctx, grad: Tensor):
-    (starts,) = ctx.saved_tensors
-    return torch.ops.vlmo_fast.gather_rows(grad, starts), None, None
-
-
 def _register_python_side() -> None:
     global _python_side_registered
     if _python_side_registered:  # a reset() followed by a reload must not register twice
         return
     fakes = {"mask_lengths": _fake_mask_lengths, "pack_plan": _fake_pack_plan,
              "plan_row_pair": _fake_plan_row_pair, "pack_rows": _fake_pack_rows,
-             "unpack_rows": _fake_unpack_rows, "gather_rows": _fake_gather_rows,
-             "scatter_rows_add": _fake_scatter_rows_add}
+             "unpack_rows": _fake_unpack_rows}
     for name, fake in fakes.items():
         torch.library.register_fake(f"vlmo_fast::{name}", fake)
-    grads = {"pack_rows": (_backward_pack, _setup_pack), "unpack_rows": (_backward_unpack, _setup_unpack),
-             "gather_rows": (_backward_gather, _setup_gather),
-             "scatter_rows_add": (_backward_scatter, _setup_scatter)}
+    grads = {"pack_rows": (_backward_pack, _setup_pack), "unpack_rows": (_backward_unpack, _setup_unpack)}
     for name, (backward, setup) in grads.items():
         torch.library.register_autograd(f"vlmo_fast::{name}", backward, setup_context=setup)
     _python_side_registered = True

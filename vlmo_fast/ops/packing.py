@@ -18,7 +18,6 @@ from . import _ext
 from .backend import kernel_choice
 from .layout import PackedLayout
 
-_MODALITIES = ("text", "image")
 _INT32_LIMIT = 2**31 - 1
 
 
@@ -141,12 +140,6 @@ def unpack_ref(x: Tensor, layout: PackedLayout, padded_len: int) -> tuple[Tensor
     nt = layout.num_text_rows
     text = unpack_text_ref(x[:nt], layout, padded_len)
     return text, x[nt:].reshape(layout.num_pairs, layout.max_image, *x.shape[1:])
-
-
-def gather_cls_ref(x: Tensor, layout: PackedLayout, modality: str) -> Tensor:
-    """(T, ...) -> (P, ...): the first row of each pair's text (modality "text") or image segment."""
-    starts = layout.text_start if modality == "text" else layout.image_start
-    return x[starts.long()]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -280,24 +273,3 @@ def unpack(x: Tensor, layout: PackedLayout, padded_len: int) -> tuple[Tensor, Te
     # instead of copying the bulk of the batch.
     nt = layout.num_text_rows
     return unpack_text(x[:nt], layout, padded_len), x[nt:].reshape(layout.num_pairs, layout.max_image, *x.shape[1:])
-
-
-def gather_cls(x: Tensor, layout: PackedLayout, modality: str) -> Tensor:
-    """(T, ...) -> (P, ...): the first row ([CLS]) of each pair's text (modality "text") or image segment.
-
-    x holds the layout's rows (T), or only its text rows for modality "text".  Every pair's segment of that
-    modality must be non-empty.
-    """
-    if modality not in _MODALITIES:
-        raise ValueError(f"modality must be one of {_MODALITIES}, got {modality!r}")
-    has_rows = layout.max_text_q if modality == "text" else layout.max_image
-    if layout.num_pairs and not has_rows:
-        raise ValueError(f"the layout has no {modality} rows to gather")
-    ok_rows = (layout.num_rows, layout.num_text_rows) if modality == "text" else (layout.num_rows,)
-    if x.dim() < 1 or x.shape[0] not in ok_rows:
-        raise ValueError(f"x must have {' or '.join(map(str, ok_rows))} rows, got shape {tuple(x.shape)}")
-    if not _use_ext(x):
-        return gather_cls_ref(x, layout, modality)
-    starts = layout.text_start if modality == "text" else layout.image_start
-    out = torch.ops.vlmo_fast.gather_rows(x.reshape(x.shape[0], _row_numel(x, 1)), starts)
-    return out.reshape(layout.num_pairs, *x.shape[1:])
