@@ -59,6 +59,8 @@ def test_official_defaults_map_onto_the_config_and_back():
     assert config.official() == OFFICIAL_DEFAULTS
     assert config.runtime.precision == 16 and RunConfig().runtime.precision == "auto"  # vlmo-fast's own default
     assert config.objectives.enabled == ("itm", "itc", "mlm")
+    partial = {"loss_names": {"vqa": 1, "itm": 0}}  # entries left out keep their defaults, as compat's full_config
+    assert RunConfig.from_official(partial).objectives.loss_names == full_config(partial)["loss_names"]
 
 
 @pytest.mark.parametrize("name", sorted(TASKS))

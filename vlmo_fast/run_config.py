@@ -41,11 +41,14 @@ class ModelKeys:
         check_section(self)
 
 
+DEFAULT_LOSS_NAMES = {name: int(name in ("itm", "itc", "mlm")) for name in OBJECTIVES}  # pre-training
+
+
 @dataclass(frozen=True, kw_only=True)
 class ObjectiveKeys:
     """The losses of the run and how they see other ranks."""
-    loss_names: dict[str, int | float] = key({name: int(name in ("itm", "itc", "mlm")) for name in OBJECTIVES},
-                                             doc="weight > 0 enables an objective (and its heads)")
+    loss_names: dict[str, int | float] = key(
+        DEFAULT_LOSS_NAMES, doc="weight > 0 enables an objective (and its heads); one left out keeps its default")
     itc_gather_grad: bool = key(True, official=False,
                                 doc="all-gather contrastive features with gradient (exact); False = official")
     draw_false_image: int = key(0, ge=0)
@@ -59,7 +62,7 @@ class ObjectiveKeys:
         for name, weight in self.loss_names.items():
             if weight < 0:
                 raise ValueError(f"loss_names.{name}={weight!r}: must be >= 0")
-        object.__setattr__(self, "loss_names", {name: self.loss_names.get(name, 0) for name in OBJECTIVES})
+        object.__setattr__(self, "loss_names", {**DEFAULT_LOSS_NAMES, **self.loss_names})
 
     @property
     def enabled(self) -> tuple[str, ...]:

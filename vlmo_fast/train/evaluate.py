@@ -176,7 +176,8 @@ def evaluate_nlvr2(model: VLMo, config: RunConfig, device) -> dict[str, float]:
     return {f"nlvr2/{k}/accuracy": sum(v) / len(v) for k, v in hits.items() if v}
 
 
-def evaluate(model: VLMo, config: RunConfig, device, answers: list[str] | None = None, log_dir=None) -> dict[str, float]:
+def evaluate(model: VLMo, config: RunConfig, device, answers: list[str] | None = None,
+             log_dir=None) -> dict[str, float]:
     """Every metric of the run's tasks."""
     tasks = set(model.cfg.tasks)
     metrics: dict[str, float] = {}
