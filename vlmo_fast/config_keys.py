@@ -23,12 +23,13 @@ def key(default: Any = dataclasses.MISSING, *, ge: float | None = None, le: floa
     official_default: the official code's default where vlmo-fast's differs (precision); doc: what it does."""
     meta = dict(ge=ge, le=le, lt=lt, official=official, official_default=official_default, doc=doc)
     if isinstance(default, (list, dict)):
-        return dataclasses.field(default_factory=lambda: _copy(default), metadata=meta)
+        return dataclasses.field(default_factory=lambda: copied(default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
 
 
-def _copy(value):
-    return {k: v for k, v in value.items()} if isinstance(value, dict) else list(value)
+def copied(value: Any) -> Any:
+    """A list or dict value copied (one level: the values of keys are flat), anything else as it is."""
+    return type(value)(value) if isinstance(value, (list, dict)) else value
 
 
 @functools.cache
@@ -49,7 +50,7 @@ def check_section(section) -> None:
         object.__setattr__(section, f.name, value)
 
 
-def check_value(name: str, value: Any, hint: Any, meta: typing.Mapping = types.MappingProxyType({})) -> Any:
+def check_value(name: str, value: Any, hint: Any, meta: typing.Mapping) -> Any:
     """The value of key `name`, checked against its type `hint` and bounds; raises ValueError naming the key."""
     value = _typed(name, value, hint)
     if isinstance(value, (int, float)) and not isinstance(value, bool):

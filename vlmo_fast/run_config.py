@@ -19,7 +19,7 @@ from typing import Any, Literal, Mapping
 import torch
 
 from vlmo_fast.config import OBJECTIVES
-from vlmo_fast.config_keys import check_section, key, key_type, parse_text
+from vlmo_fast.config_keys import check_section, copied, key, key_type, parse_text
 from vlmo_fast.errors import UnknownNameError
 
 
@@ -216,7 +216,7 @@ class RunConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """Every key under its official name, section by section (JSON-able; from_official reads it back)."""
-        return {f.name: _copied(getattr(getattr(self, section), f.name))
+        return {f.name: copied(getattr(getattr(self, section), f.name))
                 for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)}
 
     def official(self) -> dict[str, Any]:
@@ -240,10 +240,6 @@ class RunConfig:
                 else:
                     out.append(f"{f.name}={format_value(f.name, value)}")
         return out
-
-
-def _copied(value):
-    return dict(value) if isinstance(value, dict) else list(value) if isinstance(value, list) else value
 
 
 def format_value(name: str, value: Any) -> str:
