@@ -13,7 +13,7 @@ import contextlib
 import pytest
 import torch
 
-from vlmo_fast.bench import TASKS, kernels, official_style_losses, step_optimizers, synthetic_batch
+from vlmo_fast.bench import PRETRAIN_OBJECTIVES, kernels, official_style_losses, step_optimizers, synthetic_batch
 from vlmo_fast.compat import VLMo
 from vlmo_fast.flops import device_peak, pretrain_step_flops
 from vlmo_fast.train.step import StepDraws, pretrain_losses
@@ -49,7 +49,7 @@ def test_train_step(benchmark, timed, setup, impl):
     def step():
         with (kernels("ref") if impl == "official_style" else contextlib.nullcontext()), autocast():
             loss = (official_style_losses(model, batch) if impl == "official_style"
-                    else sum(pretrain_losses(model, batch, TASKS, draws=StepDraws(gen))[0].values()))
+                    else sum(pretrain_losses(model, batch, PRETRAIN_OBJECTIVES, draws=StepDraws(gen))[0].values()))
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

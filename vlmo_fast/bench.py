@@ -25,7 +25,7 @@ from vlmo_fast.flops import device_peak, pretrain_step_flops
 from vlmo_fast.train.optim import make_optimizer
 from vlmo_fast.train.step import StepDraws, pretrain_losses
 
-TASKS = {"itc", "itm", "mlm"}
+PRETRAIN_OBJECTIVES = {"itc", "itm", "mlm"}
 
 
 def synthetic_batch(cfg: ModelConfig, batch: int, text_len: int, seed: int, device) -> dict:
@@ -127,7 +127,7 @@ def run_bench(args: argparse.Namespace) -> int:
 
     def ours():
         with autocast():
-            losses, _ = pretrain_losses(model, batch, TASKS, draws=StepDraws(gen))
+            losses, _ = pretrain_losses(model, batch, PRETRAIN_OBJECTIVES, draws=StepDraws(gen))
         sum(losses.values()).backward()
         optimizer["vlmo_fast"].step()
         optimizer["vlmo_fast"].zero_grad(set_to_none=True)

@@ -88,7 +88,7 @@ def reader_rate(root: Path, size: int, batch: int, limit: int, gpu: bool) -> flo
 
 def step_rate(preset_name: str, size: int, batch: int, device: torch.device) -> float:
     """Samples/s of a stage-3 training step of a preset (what the data must keep up with)."""
-    from vlmo_fast.bench import TASKS, synthetic_batch
+    from vlmo_fast.bench import PRETRAIN_OBJECTIVES, synthetic_batch
     from vlmo_fast.config import preset
     from vlmo_fast.model.vlmo import VLMo
     from vlmo_fast.train.optim import make_optimizer
@@ -103,7 +103,8 @@ def step_rate(preset_name: str, size: int, batch: int, device: torch.device) -> 
     for k in range(5):
         start = time.perf_counter()
         with amp:
-            losses, _ = pretrain_losses(model, data, TASKS, draws=StepDraws(torch.Generator(device).manual_seed(k)))
+            draws = StepDraws(torch.Generator(device).manual_seed(k))
+            losses, _ = pretrain_losses(model, data, PRETRAIN_OBJECTIVES, draws=draws)
         sum(losses.values()).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)

@@ -3,6 +3,8 @@
     vlmo-fast train TASK [PRESET ...] [key=value ...]     e.g. vlmo-fast train task_finetune_vqa_base_image480
                                                           data_root=... load_path=... per_gpu_batchsize=32
     vlmo-fast train TASK ... test_only=True               evaluation of a checkpoint (official semantics)
+    vlmo-fast train TASK ... --print-config               the resolved config (key=value lines), nothing run
+    vlmo-fast tasks                                       the named tasks and presets, one line each
     vlmo-fast demo [OUT_DIR]                              synthetic data, tiny pre-training, retrieval + VQA
     vlmo-fast convert DATASET ...                         raw data -> ViLT arrow files (see `convert -h`)
     vlmo-fast predict {vqa,embed,retrieve} ...            inference on image files and texts
@@ -23,16 +25,28 @@ from vlmo_fast.errors import RunError, UnknownNameError
 
 def _train(args: argparse.Namespace) -> int:
     from vlmo_fast.train.tasks import resolve
+
+    config = resolve(args.task, args.overrides)  # checked: a bad value stops here, before any data or model
+    if args.print_config:
+        print("\n".join(config.lines()))
+        return 0
     from vlmo_fast.distributed import shutdown
     from vlmo_fast.launch import launch_if_needed
     from vlmo_fast.train.trainer import Trainer
 
-    config = resolve(args.task, args.overrides)
     launch_if_needed(args.task, args.overrides, config)
     trainer = Trainer(config)
     trainer.fit()
     del trainer  # drops the DDP reducer before its process group goes
     shutdown()
+    return 0
+
+
+def _tasks(args: argparse.Namespace) -> int:
+    from vlmo_fast.train.tasks import STEP_PRESETS, TASKS, describe
+    width = max(map(len, [*TASKS, *STEP_PRESETS]))
+    for name in [*TASKS, *STEP_PRESETS]:
+        print(f"{name:<{width}}  {describe(name)}")
     return 0
 
 
@@ -74,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("task", help="an official task name (task_finetune_vqa_base_image480, ...) or a tiny one "
                                 "(task_mlm_itm_itc_tiny, ...)")
     p.add_argument("overrides", nargs="*", help="step presets (step200k, ...) and key=value overrides")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.set_defaults(run=_train)
+    sub.add_parser("tasks", help="list the named tasks and step presets").set_defaults(run=_tasks)
     p = sub.add_parser("demo", help="the quick-start job: synthetic data, tiny model, train, evaluate")
     p.add_argument("out_dir", nargs="?", default="runs/demo")
     p.add_argument("--quick", action="store_true", help="a few steps only (a smoke test)")

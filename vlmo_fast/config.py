@@ -5,7 +5,7 @@ import dataclasses
 from dataclasses import dataclass
 
 # Objectives of the official `loss_names`; each enables the heads it needs (spec section 3).
-TASKS = ("itm", "itc", "mlm", "textmlm", "vqa", "nlvr2", "irtr")
+OBJECTIVES = ("itm", "itc", "mlm", "textmlm", "vqa", "nlvr2", "irtr")
 
 
 @dataclass(kw_only=True)
@@ -32,9 +32,9 @@ class ModelConfig:
     vqa_label_size: int = 3129
 
     def __post_init__(self):
-        unknown = set(self.tasks) - set(TASKS)
+        unknown = set(self.tasks) - set(OBJECTIVES)
         if unknown:
-            raise ValueError(f"unknown tasks {sorted(unknown)}; known: {', '.join(TASKS)}")
+            raise ValueError(f"unknown tasks {sorted(unknown)}; known: {', '.join(OBJECTIVES)}")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if self.image_size % self.patch_size:

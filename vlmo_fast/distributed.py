@@ -1,11 +1,29 @@
-"""The collective helpers the objectives need (a no-op without an initialised process group)."""
+"""Joining the process group of a torchrun run, and the collective helpers the objectives need (a no-op without an
+initialised process group)."""
 from __future__ import annotations
 
 import gc
+import os
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
+
+
+def init_distributed(device: torch.device) -> tuple[int, int]:
+    """Join the run's process group when torchrun started several processes (WORLD_SIZE/RANK); NCCL on GPUs, gloo on
+    the CPU.  Returns (rank, world size).
+
+    The group's keys live under the torchrun attempt: after an elastic restart the store can still hold the
+    previous attempt's keys, and a new gloo group would read the dead workers' addresses from them."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        store, rank, size = next(dist.rendezvous("env://"))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=size,
+                                store=dist.PrefixStore(f"vlmo_fast/attempt_{attempt}", store))
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+    return world()
 
 
 def world() -> tuple[int, int]:

@@ -12,6 +12,8 @@ import sys
 
 import torch
 
+from vlmo_fast.run_config import RunConfig
+
 log = logging.getLogger(__name__)
 
 
@@ -25,11 +27,9 @@ def torchrun_command(task: str, overrides: list[str], gpus: int, nodes: int = 1)
     return [sys.executable, "-m", "torch.distributed.run", *launch, "-m", "vlmo_fast.cli", "train", task, *overrides]
 
 
-def launch_if_needed(task: str, overrides: list[str], config: dict) -> None:
+def launch_if_needed(task: str, overrides: list[str], config: RunConfig) -> None:
     """Re-run under torchrun when the config asks for more processes than this one (does not return then)."""
-    gpus, nodes = int(config["num_gpus"]), int(config["num_nodes"])
-    if gpus < 1 or nodes < 1:
-        raise ValueError(f"num_gpus={gpus}, num_nodes={nodes}: both must be at least 1")
+    gpus, nodes = config.runtime.num_gpus, config.runtime.num_nodes  # each >= 1 (checked by the config)
     if "WORLD_SIZE" in os.environ:  # already under torchrun
         world = int(os.environ["WORLD_SIZE"])
         if gpus * nodes not in (1, world):
@@ -41,7 +41,7 @@ def launch_if_needed(task: str, overrides: list[str], config: dict) -> None:
     if nodes > 1:
         raise ValueError(f"num_nodes={nodes}: start the run on every node with torchrun (NODE_RANK 0..{nodes - 1}, "
                          "HOST the first node):\n  " + " ".join(torchrun_command(task, overrides, gpus, nodes)))
-    on_gpu = config["device"] != "cpu" and torch.cuda.is_available()
+    on_gpu = config.runtime.device != "cpu" and torch.cuda.is_available()
     if on_gpu and gpus > torch.cuda.device_count():
         raise ValueError(f"num_gpus={gpus}, but this machine has {torch.cuda.device_count()} GPU(s)")
     cmd = torchrun_command(task, overrides, gpus)

@@ -102,7 +102,7 @@ def test_load_path_and_load_model_refuse_a_damaged_checkpoint(tmp_path):
     """load_path= of a vlmo-fast checkpoint is verified as a resume is: sizes always, hashes unless
     verify_checkpoint=False; load_model (predict) verifies the same way."""
     config = resolve("task_mlm_itm_itc_tiny", TINY + [f"load_path={tmp_path}"])
-    model = build_model({**config, "load_path": None}, torch.device("cpu"))
+    model = build_model(config.replace(load_path=""), torch.device("cpu"))
     save_model(model, tmp_path)
     loaded = build_model(config, torch.device("cpu"))
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
@@ -114,4 +114,4 @@ def test_load_path_and_load_model_refuse_a_damaged_checkpoint(tmp_path):
         load_model(tmp_path)
     os.truncate(weights, 1000)
     with pytest.raises(CorruptCheckpointError, match=r"model.safetensors is truncated \(1 kB of "):
-        build_model({**config, "verify_checkpoint": False}, torch.device("cpu"))
+        build_model(config.replace(verify_checkpoint=False), torch.device("cpu"))

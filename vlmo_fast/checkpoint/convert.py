@@ -236,50 +236,59 @@ def official_pretrained_load(sd: dict[str, Tensor], *, max_text_len: int, window
     if textmlm:
         if num_layers is None or num_heads is None:
             raise ValueError("textmlm conversion needs num_layers and num_heads (the merged table's columns)")
-        rows = relpos_table_rows(window, l0)
-        out, report = convert_beit_to_textpt(out, num_layers, num_heads, rows)
-        notes.append(f"converted BEiT keys for text pre-training ({len(report['renamed'])} renamed, "
-                     f"{len(report['merged_tables'])} layer tables merged into ({rows}, "
-                     f"{num_layers * num_heads}))")
-        if report["not_in_vlmo"]:
-            notes.append(f"keys the VLMo module does not have (ignored on load): {report['not_in_vlmo']}")
-        if report["merged_tables"]:
-            beit_rows = _beit_table_rows(sd)
-            if beit_rows != (2 * window - 1) ** 2 + 3:
-                notes.append(f"BEiT tables have {beit_rows} rows but window {window} has "
-                             f"{(2 * window - 1) ** 2 + 3} image rows: copied row for row as the official code "
-                             "does, so the image bias no longer matches its offsets")
-
+        out = _beit_to_text_pretraining(out, window, l0, num_layers, num_heads, notes)
     dropped = [k for k in INDEX_KEYS if k in out]
     for k in dropped:
         del out[k]
     if dropped:
         notes.append(f"dropped index matrices {dropped} (rebuilt by the model)")
-
     if TEXT_POS_EMB_KEY in out and out[TEXT_POS_EMB_KEY].shape[0] != max_text_len:
         src_len = out[TEXT_POS_EMB_KEY].shape[0]
         had_ids = TEXT_POS_IDS_KEY in out
         out = truncate_text_positions(out, max_text_len)
         notes.append(f"truncated text positions {src_len} -> {max_text_len}"
                      + ("" if had_ids else f" ({TEXT_POS_IDS_KEY} absent: rebuilt as arange)"))
-
     if POS_EMBED_KEY in out:
         src = out[POS_EMBED_KEY]
         out[POS_EMBED_KEY] = interpolate_pos_embed(src, window)
         if out[POS_EMBED_KEY] is not src:
             notes.append(f"interpolated {POS_EMBED_KEY} {tuple(src.shape)} -> {tuple(out[POS_EMBED_KEY].shape)}")
-
     if TABLE_KEY in out:
-        table = out[TABLE_KEY]
-        if num_layers is not None and num_heads is not None and table.shape[-1] != num_layers * num_heads:
-            raise ValueError(f"{TABLE_KEY} has {table.shape[-1]} columns, expected num_layers*num_heads = "
-                             f"{num_layers * num_heads}")
-        src_window = window_from_table_rows(table.shape[0], l0)
-        if src_window != window:
-            out[TABLE_KEY] = resize_relpos_table(table, src_window, window, l0)
-            notes.append(f"resized {TABLE_KEY} {tuple(table.shape)} -> {tuple(out[TABLE_KEY].shape)} "
-                         f"(grid {2 * src_window - 1}x{2 * src_window - 1} -> {2 * window - 1}x{2 * window - 1})")
+        _resize_table_to_window(out, window, l0, num_layers, num_heads, notes)
     return out, notes
+
+
+def _beit_to_text_pretraining(sd: dict[str, Tensor], window: int, l0: int, num_layers: int, num_heads: int,
+                              notes: list[str]) -> dict[str, Tensor]:
+    """The BEiT keys renamed for text pre-training, its per-layer tables merged into the model's one (noted)."""
+    rows = relpos_table_rows(window, l0)
+    out, report = convert_beit_to_textpt(sd, num_layers, num_heads, rows)
+    notes.append(f"converted BEiT keys for text pre-training ({len(report['renamed'])} renamed, "
+                 f"{len(report['merged_tables'])} layer tables merged into ({rows}, {num_layers * num_heads}))")
+    if report["not_in_vlmo"]:
+        notes.append(f"keys the VLMo module does not have (ignored on load): {report['not_in_vlmo']}")
+    if report["merged_tables"]:
+        beit_rows = _beit_table_rows(sd)
+        if beit_rows != (2 * window - 1) ** 2 + 3:
+            notes.append(f"BEiT tables have {beit_rows} rows but window {window} has "
+                         f"{(2 * window - 1) ** 2 + 3} image rows: copied row for row as the official code "
+                         "does, so the image bias no longer matches its offsets")
+    return out
+
+
+def _resize_table_to_window(out: dict[str, Tensor], window: int, l0: int, num_layers: int | None,
+                            num_heads: int | None, notes: list[str]) -> None:
+    """The relative-position table resized in `out` when its grid (read from its row count) is not `window`; its
+    columns checked against num_layers * num_heads when they are given."""
+    table = out[TABLE_KEY]
+    if num_layers is not None and num_heads is not None and table.shape[-1] != num_layers * num_heads:
+        raise ValueError(f"{TABLE_KEY} has {table.shape[-1]} columns, expected num_layers*num_heads = "
+                         f"{num_layers * num_heads}")
+    src_window = window_from_table_rows(table.shape[0], l0)
+    if src_window != window:
+        out[TABLE_KEY] = resize_relpos_table(table, src_window, window, l0)
+        notes.append(f"resized {TABLE_KEY} {tuple(table.shape)} -> {tuple(out[TABLE_KEY].shape)} "
+                     f"(grid {2 * src_window - 1}x{2 * src_window - 1} -> {2 * window - 1}x{2 * window - 1})")
 
 
 def _beit_table_rows(beit_sd: dict[str, Tensor]) -> int | None:

@@ -175,13 +175,24 @@ def write_synthetic(out_dir: str | Path, *, seed: int = 0, image_size: int = 64,
     n_caption = n_train + n_val + n_test
     if n_caption > len(scenes) or not 1 <= questions_per_image <= 6:
         raise ValueError(f"at most {len(scenes)} caption images and 1..6 questions per image")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(seed)  # one stream, drawn from in the order below (the files depend on it)
     order = rng.permutation(len(scenes))
     split_scenes = {"test": [scenes[i] for i in order[:n_test]],
                     "val": [scenes[i] for i in order[n_test:n_test + n_val]],
                     "train": [scenes[i] for i in order[n_test + n_val:n_caption]]}
     report = ConvertReport(name="synthetic")
     out_dir = Path(out_dir)
+    images = _write_captions(out_dir, split_scenes, image_size, rng, report, progress_bar)
+    _write_vqa(out_dir, split_scenes, images, questions_per_image, rng, report)
+    _write_nlvr2(out_dir, split_scenes, images, {"train": n_pairs_train, "dev": n_pairs_dev}, rng, report)
+    text_scenes = [scenes[i] for i in order[n_caption:]] or scenes
+    _write_text(out_dir, text_scenes, {"train": n_text_train, "val": n_text_val}, rng, report)
+    return report
+
+
+def _write_captions(out_dir: Path, split_scenes: dict[str, list], image_size: int, rng: np.random.Generator,
+                    report: ConvertReport, progress_bar: bool) -> dict[str, list[bytes]]:
+    """synthetic_caption_{train,val,test}: each scene rendered, with its captions; returns the encoded images."""
     images: dict[str, list[bytes]] = {}
     for split in ("train", "val", "test"):
         with ArrowWriter(out_dir, f"synthetic_caption_{split}", schemas.CAPTION) as w:
@@ -194,7 +205,12 @@ def write_synthetic(out_dir: str | Path, *, seed: int = 0, image_size: int = 64,
                 report.rows += 1
                 report.samples += len(caps)
         report.files += w.files
+    return images
 
+
+def _write_vqa(out_dir: Path, split_scenes: dict[str, list], images: dict[str, list[bytes]],
+               questions_per_image: int, rng: np.random.Generator, report: ConvertReport) -> None:
+    """synthetic_vqa_{train,val} over the caption images, and the answer vocabulary (label -> answer)."""
     label = {a: i for i, a in enumerate(VQA_ANSWERS)}
     (out_dir / "synthetic_vqa_answers.json").write_text(json.dumps(VQA_ANSWERS))
     for split in ("train", "val"):
@@ -208,10 +224,14 @@ def write_synthetic(out_dir: str | Path, *, seed: int = 0, image_size: int = 64,
                 report.samples += len(qa)
         report.files += w.files
 
-    for split, n_pairs, source in (("train", n_pairs_train, "train"), ("dev", n_pairs_dev, "val")):
+
+def _write_nlvr2(out_dir: Path, split_scenes: dict[str, list], images: dict[str, list[bytes]],
+                 n_pairs: dict[str, int], rng: np.random.Generator, report: ConvertReport) -> None:
+    """synthetic_nlvr2_train (pairs of train images) and _dev (pairs of val images), with statements on them."""
+    for split, source in (("train", "train"), ("dev", "val")):
         pool = split_scenes[source]
         with ArrowWriter(out_dir, f"synthetic_nlvr2_{split}", schemas.NLVR2) as w:
-            for k in range(n_pairs):
+            for k in range(n_pairs[split]):
                 i, j = (int(x) for x in rng.choice(len(pool), 2, replace=False))
                 st = nlvr2_statements(pool[i], pool[j], rng)
                 w.write({"image_0": images[source][i], "image_1": images[source][j],
@@ -221,14 +241,16 @@ def write_synthetic(out_dir: str | Path, *, seed: int = 0, image_size: int = 64,
                 report.samples += len(st)
         report.files += w.files
 
-    text_scenes = [scenes[i] for i in order[n_caption:]] or scenes
-    for split, n in (("train", n_text_train), ("val", n_text_val)):
+
+def _write_text(out_dir: Path, text_scenes: list, n_texts: dict[str, int], rng: np.random.Generator,
+                report: ConvertReport) -> None:
+    """synthetic_text_{train,val}: captions of scenes no caption image shows (text-only MLM)."""
+    for split in ("train", "val"):
         with ArrowWriter(out_dir, f"synthetic_text_{split}", schemas.TEXT) as w:
-            for _ in range(n):
+            for _ in range(n_texts[split]):
                 scene = text_scenes[int(rng.integers(len(text_scenes)))]
                 text = captions(scene)[int(rng.integers(2))]
                 w.write({"image": "None", "caption": [text], "source": "synthetic", "split": split})
                 report.rows += 1
                 report.samples += 1
         report.files += w.files
-    return report

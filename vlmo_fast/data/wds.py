@@ -28,6 +28,7 @@ from vlmo_fast.data.sources import ShardStream
 from vlmo_fast.data.tokenizer import get_tokenizer
 from vlmo_fast.data.transforms import get_transform
 from vlmo_fast.data.wds_plan import Shard, Span, shard_order, split_shards, worker_spans
+from vlmo_fast.run_config import RunConfig
 
 log = logging.getLogger(__name__)
 SKIPPED_KEY = "wds_skipped"  # per batch: samples the worker skipped since its previous batch (popped by WdsLoader)
@@ -161,22 +162,22 @@ class WdsSplit:
     Example: WdsSplit(resolve("task_mlm_itm_itc_tiny", ["data_format=wds", "data_root=shards/"]))
     """
 
-    def __init__(self, config: dict, split: str = "train", *, train: bool = True, decode: str = "pil",
+    def __init__(self, config: RunConfig, split: str = "train", *, train: bool = True, decode: str = "pil",
                  text_only: bool = False):
         all_shards, self.check = split_shards(config, split)
         self.shards: list[Shard] = self.check.good
         if not self.shards:
-            raise FileNotFoundError(f"data_root={config['data_root']}: none of the {len(all_shards)} shards is readable")
-        self.seed, self.buffer = int(config["seed"]), max(1, int(config["wds_shuffle_buffer"]))
-        self.text_only, self.max_text_len = text_only, int(config["max_text_len"])
-        self.collate = Collator(max_text_len=config["max_text_len"], whole_word=config["whole_word_masking"],
-                                mlm_prob=config["mlm_prob"])
+            raise FileNotFoundError(f"data_root={config.data.data_root}: none of the {len(all_shards)} shards is readable")
+        self.seed, self.buffer = config.runtime.seed, max(1, config.data.wds_shuffle_buffer)
+        self.text_only, self.max_text_len = text_only, config.model.max_text_len
+        self.collate = Collator(max_text_len=config.model.max_text_len, whole_word=config.data.whole_word_masking,
+                                mlm_prob=config.data.mlm_prob)
         self.transforms = {}
         for name in {s.dataset for s in self.shards}:
             spec = get_spec(name)
             if decode == "pil" and spec.kind != "text" and not text_only:
                 self.transforms[name] = get_transform(spec.train_transform if train else "square_transform",
-                                                      int(config["image_size"]))
+                                                      config.model.image_size)
         self._tokenizer = None
 
     def __len__(self) -> int:

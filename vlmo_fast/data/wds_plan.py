@@ -20,6 +20,7 @@ from vlmo_fast.data.registry import get_spec, resolve_files, spec_of_table
 from vlmo_fast.data.shards import read_manifest, table_of_shard
 from vlmo_fast.data.sources import expand, is_pattern_or_url, read_text, sibling, size_of
 from vlmo_fast.seeds import epoch_order_seed
+from vlmo_fast.run_config import RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -193,8 +194,8 @@ def worker_spans(order: list[Shard], rank: int, world: int, batch: int, unit: in
     return spans(order, start, start + batch * counts[logical]), counts[logical]
 
 
-def split_shards(config: dict, split: str = "train") -> tuple[list[Shard], ShardCheck]:
+def split_shards(config: RunConfig, split: str = "train") -> tuple[list[Shard], ShardCheck]:
     """The task's shards for a split, checked (module docstring)."""
-    shards = find_shards(config["data_root"], list(config["datasets"]), split)
+    shards = find_shards(config.data.data_root, list(config.data.datasets), split)
     return shards, check_shards(shards)
 

@@ -10,7 +10,7 @@ from vlmo_fast.checkpoint.convert import TABLE_KEY, official_pretrained_load, wi
 from vlmo_fast.checkpoint.files import read_checkpoint
 from vlmo_fast.checkpoint.load import guess_arch, load_into
 from vlmo_fast.checkpoint.native import CONFIG, load_model
-from vlmo_fast.config import ARCHS, TASKS, preset
+from vlmo_fast.config import ARCHS, OBJECTIVES, preset
 from vlmo_fast.model.vlmo import VLMo
 from .cache import Cache
 from .registry import PRETRAINED, PretrainedWeight
@@ -79,7 +79,7 @@ def from_pretrained(name_or_path: str, *, image_size: int | None = None, max_tex
     else:
         raise FileNotFoundError(f"{name_or_path!r} is neither a file, a vlmo-fast checkpoint directory, nor a "
                                 f"registered weight ({', '.join(PRETRAINED)})")
-    heads = tuple(t for t in TASKS if t in (heads or weight.heads))  # the official loss_names order
+    heads = tuple(t for t in OBJECTIVES if t in (heads or weight.heads))  # the official loss_names order
     # A text pre-training (stage-2) model has no VL expert in any layer, as in the official code.
     stage2 = {"vl_start": ARCHS[weight.arch]["depth"]} if "textmlm" in heads else {}
     model = VLMo(preset(weight.arch, image_size=image_size or weight.image_size,

@@ -15,6 +15,7 @@ from vlmo_fast.model.inference import (image_features, itm_logits, nlvr2_logits,
                                        vqa_logits)
 from vlmo_fast.model.vlmo import VLMo
 from vlmo_fast.objectives import vqa_targets
+from vlmo_fast.run_config import RunConfig
 from .data import build_split, loader, to_device
 
 
@@ -98,33 +99,34 @@ def nlvr2_correct(model: VLMo, batch: dict) -> Tensor:
 
 # ---------------------------------------------------------------------------------------------------------------
 # The evaluation of a run (official metric names, fractions in [0, 1])
-def _eval_loader(config: dict, split: str, device):
+def _eval_loader(config: RunConfig, split: str, device):
     ds = build_split(config, split, train=False)
-    n = min(len(ds), int(config["eval_limit"])) if int(config["eval_limit"]) else len(ds)
-    return loader(ds, list(range(n)), config, int(config["eval_batch_size"]), 0, False, device)
+    limit = config.evaluation.eval_limit
+    n = min(len(ds), limit) if limit else len(ds)
+    return loader(ds, list(range(n)), config, config.evaluation.eval_batch_size, 0, False, device)
 
 
-def evaluate_retrieval(model: VLMo, config: dict, device, split: str = "test") -> dict[str, float]:
+def evaluate_retrieval(model: VLMo, config: RunConfig, device, split: str = "test") -> dict[str, float]:
     """TR/IR@1/5/10 on a caption split by the official ITC ranking (itm_rerank_k > 0: ITM re-ranking of the
     top-k, the paper's use)."""
-    name = config["datasets"][0]
-    data = retrieval_split(config["data_root"], name, split, image_size=config["image_size"],
-                           max_text_len=config["max_text_len"])
-    bs = int(config["eval_batch_size"])
-    n_img = min(data.num_images, int(config["eval_limit"])) if int(config["eval_limit"]) else data.num_images
+    name = config.data.datasets[0]
+    data = retrieval_split(config.data.data_root, name, split, image_size=config.model.image_size,
+                           max_text_len=config.model.max_text_len)
+    bs, limit = config.evaluation.eval_batch_size, config.evaluation.eval_limit
+    n_img = min(data.num_images, limit) if limit else data.num_images
     keep = data.text_img_index < n_img  # the captions of the evaluated images
     ids, lens, text_image = data.text_ids[keep], data.text_lens[keep], data.text_img_index[keep]
     text_feats = embed_texts(model, ids, lens, bs, device)
     images = torch.stack([data.images[i]["image"] for i in range(n_img)])
     image_feats = torch.cat([embed_images(model, images[i:i + bs].to(device)) for i in range(0, len(images), bs)])
     scores = image_feats @ text_feats.t()
-    k = int(config["itm_rerank_k"])
+    k = config.evaluation.itm_rerank_k
     if k > 0 and hasattr(model, "itm_score"):
         scores = itm_rerank(model, scores, ids, lens, images, k, bs, device)
     return recall_at_k(scores, text_image)
 
 
-def evaluate_vqa(model: VLMo, config: dict, device, answers: list[str] | None, log_dir) -> dict[str, float]:
+def evaluate_vqa(model: VLMo, config: RunConfig, device, answers: list[str] | None, log_dir) -> dict[str, float]:
     """VQA score on the val split, the majority-answer baseline, and the submission JSON (question_id, answer) of
     the test split in log_dir/vqa_submission.json."""
     majority = majority_answer(config)
@@ -146,11 +148,11 @@ def evaluate_vqa(model: VLMo, config: dict, device, answers: list[str] | None, l
     return {"vqa/val/score": total / max(1, n), "vqa/val/majority_baseline": base / max(1, n)}
 
 
-def majority_answer(config: dict) -> int:
+def majority_answer(config: RunConfig) -> int:
     """The most frequent answer label of the training questions (each question counted by its top-scoring label)."""
     counts = collections.Counter()
-    for name in config["datasets"]:
-        table = SplitTable(config["data_root"], name, "train").table
+    for name in config.data.datasets:
+        table = SplitTable(config.data.data_root, name, "train").table
         for row_labels, row_scores in zip(table.column("answer_labels").to_pylist(),
                                           table.column("answer_scores").to_pylist()):
             for ls, ss in zip(row_labels, row_scores):
@@ -159,7 +161,7 @@ def majority_answer(config: dict) -> int:
     return counts.most_common(1)[0][0] if counts else 0
 
 
-def evaluate_nlvr2(model: VLMo, config: dict, device) -> dict[str, float]:
+def evaluate_nlvr2(model: VLMo, config: RunConfig, device) -> dict[str, float]:
     """Accuracy on the dev and test tables of the val split (split by table_name as officially)."""
     hits = {"dev": [], "test": []}
     for batch in _eval_loader(config, "val", device):
@@ -170,11 +172,12 @@ def evaluate_nlvr2(model: VLMo, config: dict, device) -> dict[str, float]:
     return {f"nlvr2/{k}/accuracy": sum(v) / len(v) for k, v in hits.items() if v}
 
 
-def evaluate(model: VLMo, config: dict, device, answers: list[str] | None = None, log_dir=None) -> dict[str, float]:
+def evaluate(model: VLMo, config: RunConfig, device, answers: list[str] | None = None,
+             log_dir=None) -> dict[str, float]:
     """Every metric of the run's tasks."""
     tasks = set(model.cfg.tasks)
     metrics: dict[str, float] = {}
-    if tasks & {"itc", "irtr"} and (config["get_recall_metric"] or tasks & {"irtr"}):
+    if tasks & {"itc", "irtr"} and (config.evaluation.get_recall_metric or tasks & {"irtr"}):
         metrics.update(evaluate_retrieval(model, config, device))
     if "vqa" in tasks:
         metrics.update(evaluate_vqa(model, config, device, answers, log_dir))
@@ -186,7 +189,7 @@ def evaluate(model: VLMo, config: dict, device, answers: list[str] | None = None
 
 
 @torch.no_grad()
-def evaluate_textmlm(model: VLMo, config: dict, device) -> dict[str, float]:
+def evaluate_textmlm(model: VLMo, config: RunConfig, device) -> dict[str, float]:
     """Masked-token accuracy of the text-only MLM on the val split."""
     correct = total = 0.0
     for batch in _eval_loader(config, "val", device):

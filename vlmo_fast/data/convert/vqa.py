@@ -48,30 +48,42 @@ def convert_vqa(root: str | Path, out_dir: str | Path, *, min_answer_count: int 
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     (Path(out_dir) / "vqav2_answers.json").write_text(json.dumps(vocab))
     report = ConvertReport(name="convert vqa")
+    by_image = {split: _questions_by_image(qs, annotations.get(split, []), split, ans2label, report)
+                for split, qs in questions.items()}
+    for split, name, image_ids in _file_plan(by_image, rest_val_images, seed):
+        _write_file(root, out_dir, split, name, image_ids, by_image[split], vocab, report, progress_bar)
+    return report
 
-    by_image: dict[str, dict[int, list[dict]]] = {}
-    for split, qs in questions.items():
-        answers = {a["question_id"]: a for a in annotations.get(split, [])}
-        per_image: dict[int, list[dict]] = defaultdict(list)
-        for q in qs:
-            key = f"question {q.get('question_id')}"
-            if not clean_texts([q.get("question", "")], key, report.skipped, what="question"):
+
+def _questions_by_image(questions: list[dict], annotations: list[dict], split: str, ans2label: dict[str, int],
+                        report: ConvertReport) -> dict[int, list[dict]]:
+    """The usable questions of a split by image id, with their answer labels and scores (test: none); questions
+    that are empty, unannotated or whose answers are all outside the vocabulary are skipped (counted by reason)."""
+    answers = {a["question_id"]: a for a in annotations}
+    per_image: dict[int, list[dict]] = defaultdict(list)
+    for q in questions:
+        key = f"question {q.get('question_id')}"
+        if not clean_texts([q.get("question", "")], key, report.skipped, what="question"):
+            continue
+        entry = {"question": q["question"].strip(), "question_id": int(q["question_id"]), "labels": [],
+                 "scores": []}
+        if split != "test":
+            ann = answers.get(q["question_id"])
+            if ann is None:
+                report.skipped.skip("no annotation", key)
                 continue
-            entry = {"question": q["question"].strip(), "question_id": int(q["question_id"]), "labels": [],
-                     "scores": []}
-            if split != "test":
-                ann = answers.get(q["question_id"])
-                if ann is None:
-                    report.skipped.skip("no annotation", key)
-                    continue
-                entry["labels"], entry["scores"] = labels_and_scores([a["answer"] for a in ann["answers"]],
-                                                                     ans2label)
-                if not entry["labels"]:
-                    report.skipped.skip("no answer in vocabulary", key)
-                    continue
-            per_image[int(q["image_id"])].append(entry)
-        by_image[split] = per_image
+            entry["labels"], entry["scores"] = labels_and_scores([a["answer"] for a in ann["answers"]], ans2label)
+            if not entry["labels"]:
+                report.skipped.skip("no answer in vocabulary", key)
+                continue
+        per_image[int(q["image_id"])].append(entry)
+    return per_image
 
+
+def _file_plan(by_image: dict[str, dict[int, list[dict]]], rest_val_images: int,
+               seed: int) -> list[tuple[str, str, list[int]]]:
+    """(split, file name, image ids) of each file: train, val cut into trainable_val and rest_val (the last
+    rest_val_images of a seeded shuffle), and test where its questions exist."""
     val_ids = sorted(by_image["val"])
     random.Random(seed).shuffle(val_ids)
     cut = max(0, len(val_ids) - rest_val_images)
@@ -79,20 +91,23 @@ def convert_vqa(root: str | Path, out_dir: str | Path, *, min_answer_count: int 
             ("val", "vqav2_rest_val", val_ids[cut:])]
     if "test" in by_image:
         plan.append(("test", "vqav2_test", sorted(by_image["test"])))
-    for split, name, image_ids in plan:
-        with ArrowWriter(out_dir, name, schemas.VQA) as writer:
-            for iid in progress(image_ids, name, enabled=progress_bar):
-                fname = f"COCO_{SUBSETS[split]}_{iid:012d}.jpg"
-                data = read_image(root / SUBSETS[split] / fname, fname, report.skipped)
-                if data is None:
-                    continue
-                qs = by_image[split][iid]
-                writer.write({"image": data, "questions": [q["question"] for q in qs],
-                              "answers": [[vocab[label] for label in q["labels"]] for q in qs],
-                              "answer_labels": [q["labels"] for q in qs], "answer_scores": [q["scores"] for q in qs],
-                              "image_id": iid, "question_id": [q["question_id"] for q in qs],
-                              "split": split})
-                report.rows += 1
-                report.samples += len(qs)
-        report.files += writer.files
-    return report
+    return plan
+
+
+def _write_file(root: Path, out_dir: str | Path, split: str, name: str, image_ids: list[int],
+                per_image: dict[int, list[dict]], vocab: list[str], report: ConvertReport, progress_bar: bool) -> None:
+    """One arrow file: a row per image with all its questions; unreadable images are skipped (counted)."""
+    with ArrowWriter(out_dir, name, schemas.VQA) as writer:
+        for iid in progress(image_ids, name, enabled=progress_bar):
+            fname = f"COCO_{SUBSETS[split]}_{iid:012d}.jpg"
+            data = read_image(root / SUBSETS[split] / fname, fname, report.skipped)
+            if data is None:
+                continue
+            qs = per_image[iid]
+            writer.write({"image": data, "questions": [q["question"] for q in qs],
+                          "answers": [[vocab[label] for label in q["labels"]] for q in qs],
+                          "answer_labels": [q["labels"] for q in qs], "answer_scores": [q["scores"] for q in qs],
+                          "image_id": iid, "question_id": [q["question_id"] for q in qs], "split": split})
+            report.rows += 1
+            report.samples += len(qs)
+    report.files += writer.files

@@ -1,0 +1,42 @@
+"""Where and in what precision a run computes: its device, its autocast dtype, its compiled blocks."""
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+
+from vlmo_fast.model.vlmo import VLMo
+
+
+def pick_device(device: str) -> torch.device:
+    """The `device` key: auto = this process's GPU (LOCAL_RANK under torchrun) when CUDA is available, else the CPU."""
+    if device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
+def autocast_dtype(precision: str | int, device: torch.device) -> torch.dtype | None:
+    """The `precision` key: None = fp32; auto = bf16 on CUDA.  The official precision=16 maps to fp16 (the trainer
+    adds a gradient scaler)."""
+    p = str(precision)
+    if p == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"32": None, "bf16": torch.bfloat16, "16": torch.float16}[p]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """The autocast context of a run (none in fp32)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def compile_blocks(model: VLMo, compile_key: bool | str, device: torch.device) -> None:
+    """The `compile` key: torch.compile each transformer block (auto = on CUDA only).  Done before any wrapping, so
+    FSDP gathers around the compiled blocks."""
+    if compile_key is True or (compile_key == "auto" and device.type == "cuda"):
+        for blk in model.transformer.blocks:
+            blk.compile(dynamic=True)
