@@ -164,7 +164,7 @@ def _compile(fn, bound: dict, num_warps: int, num_stages: int) -> dict:
 
 
 def _config_name(kwargs: dict, num_warps: int, num_stages: int) -> str:
-    tiles = "x".join(str(kwargs[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K") if k in kwargs)
+    tiles = "x".join(str(kwargs[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_P", "BLOCK_K") if k in kwargs)
     return f"{tiles or '-'}/w{num_warps}/s{num_stages}"
 
 
