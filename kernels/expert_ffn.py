@@ -100,7 +100,7 @@ def plan_groups(groups: list[int]) -> GroupPlan:
 
 
 @functools.lru_cache(maxsize=64)
-def _table_on(table: tuple[int, ...], device: torch.device) -> Tensor:
+def group_table(table: tuple[int, ...], device: torch.device) -> Tensor:
     """The group table as an int32 (G, 3) tensor on the device, copied there once per distinct layout."""
     return torch.tensor(table, dtype=torch.int32, device=device).view(-1, 3)
 
@@ -126,7 +126,7 @@ def ffn_forward(x: Tensor, groups: list[int], weights: list[Tensor], gamma: Opti
     plan = plan_groups(groups)
     if not plan.rows:
         return out, xn, mean, rstd, u, a, h
-    table, rows = _table_on(plan.table, x.device), list(plan.rows)
+    table, rows = group_table(plan.table, x.device), list(plan.rows)
     w = [_expert_weights(weights, plan, j) for j in range(6)]
     grouped_layer_norm(x, w[0], w[1], table, rows, xn, mean, rstd, eps)
     grouped_rows_gemm(xn, [w1.t() for w1 in w[2]], table, rows, a, EPI_GELU, biases=w[3],
@@ -170,7 +170,7 @@ def ffn_backward(dy: Tensor, x: Tensor, xn: Tensor, mean: Tensor, rstd: Tensor, 
         gh = dy.float() * h.float()
         dgamma = (gh if r is None else gh * r.float()).sum(0).to(gamma.dtype)
     plan = plan_groups(groups)
-    table, rows = _table_on(plan.table, x.device), list(plan.rows)
+    table, rows = group_table(plan.table, x.device), list(plan.rows)
     w = [_expert_weights(weights, plan, j) for j in range(6)]
     du = torch.empty_like(u)
     grouped_rows_gemm(dh, w[4], table, rows, du, EPI_DGELU, aux=u)  # (T, D) @ (D, F), times gelu'(u)
