@@ -175,7 +175,7 @@ _WGRAD_TILES = [  # (BLOCK_N, BLOCK_P, BLOCK_K (rows), num_stages, num_warps)
 ]
 _WGRAD_CONFIGS = [triton.Config({"BLOCK_N": bn, "BLOCK_P": bp, "BLOCK_K": bk}, num_stages=s, num_warps=w)
                   for bn, bp, bk, s, w in _WGRAD_TILES]
-_WGRAD_INTERPRET = [triton.Config({"BLOCK_N": 256, "BLOCK_P": 256, "BLOCK_K": 32}, num_warps=4, num_stages=1)]
+_WGRAD_INTERPRET = [triton.Config({"BLOCK_N": 512, "BLOCK_P": 512, "BLOCK_K": 32}, num_warps=4, num_stages=1)]
 
 
 def _prune_wgrad_configs(configs, named_args, **kwargs):
