@@ -101,7 +101,7 @@ def _expert_ffn_launches(dtype) -> list[Launch]:
     """Forward and backward of the expert FFN at VLMo-base width: fp32 residual stream, GEMMs in `dtype`."""
     import torch
 
-    from . import expert_ffn, expert_ffn_norm, grouped_gemm
+    from . import expert_ffn, expert_ffn_norm, expert_ffn_scale, grouped_gemm
 
     T, D, hidden = 32 * 237, 768, 3072
     x = torch.empty(T, D, device="meta", dtype=torch.float32 if dtype != torch.float32 else dtype)
@@ -109,7 +109,8 @@ def _expert_ffn_launches(dtype) -> list[Launch]:
     weights = w * 2
     groups = [0, 32 * 40, 0, 32 * 40, T, 1]
     gamma = torch.empty(D, device="meta", dtype=x.dtype)
-    with captured(_kernel_objects(grouped_gemm) + _kernel_objects(expert_ffn_norm)) as launches:
+    kernels = [k for m in (grouped_gemm, expert_ffn_norm, expert_ffn_scale) for k in _kernel_objects(m)]
+    with captured(kernels) as launches:
         out, xn, mean, rstd, u, a, h = expert_ffn.ffn_forward(x, groups, weights, gamma, None, 1e-6, True)
         expert_ffn.ffn_backward(out, x, xn, mean, rstd, u, a, h, groups, weights, gamma, None)
     return launches

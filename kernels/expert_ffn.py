@@ -15,11 +15,12 @@ Forward, three launches:
    as much as the GEMM itself.
 3. fc2 with bias, layer scale, row scale and the residual add in its epilogue: writes the output rows (and the
    fc2 output h, needed only for gamma's gradient).
-Backward, five launches: du = (dh @ W2) * gelu'(u) (the derivative fused into the epilogue, saving a (T, 4D)
+Backward, six launches: du = (dh @ W2) * gelu'(u) (the derivative fused into the epilogue, saving a (T, 4D)
 pass), dxn = du @ W1, the LayerNorm backward plus the residual gradient, and the weight-gradient GEMMs of fc1
 and of fc2, each with its bias gradient, per expert over all its groups in fp32 and a fixed order
-(deterministic, no atomics).  dh = dy * gamma * r and gamma's gradient are (T, D) torch ops; the LayerNorm
-weight gradients are per-program partial sums reduced per expert in torch, in a fixed order.
+(deterministic, no atomics); before them one pass (kernels/expert_ffn_scale.py) writes dh = dy * gamma * r and
+the partial sums of gamma's gradient.  The LayerNorm and gamma gradients are per-program partial sums reduced
+in torch in a fixed order.
 
 Choices and limits:
 - The weights stay the model's separate parameters: the grouped kernels take up to four experts' weight
@@ -43,6 +44,7 @@ from torch import Tensor
 
 from .autocast import compute_dtype
 from .expert_ffn_norm import grouped_layer_norm, grouped_layer_norm_bwd, ln_rows, reduce_partials
+from .expert_ffn_scale import scale_bwd
 from .grouped_gemm import (EPI_DGELU, EPI_GELU, EPI_NONE, EPI_RESIDUAL, MAX_SLOTS, grouped_rows_gemm,
                            grouped_weight_grad)
 
@@ -162,13 +164,8 @@ def ffn_backward(dy: Tensor, x: Tensor, xn: Tensor, mean: Tensor, rstd: Tensor, 
     dy = dy.contiguous()
     dx = torch.empty_like(x)
     cdt = weights[2].dtype
-    r = None if row_scale is None else row_scale[:, None].to(dy.dtype)
-    dh = dy if gamma is None else dy * gamma.to(dy.dtype)
-    dh = (dh if r is None else dh * r).to(cdt).contiguous()
-    dgamma = x.new_empty(0)
-    if gamma is not None:
-        gh = dy.float() * h.float()
-        dgamma = (gh if r is None else gh * r.float()).sum(0).to(gamma.dtype)
+    dh, dgamma = scale_bwd(dy, h, gamma, row_scale, cdt)  # dy * gamma * r, and gamma's gradient
+    dgamma = x.new_empty(0) if dgamma is None else dgamma
     plan = plan_groups(groups)
     table, rows = group_table(plan.table, x.device), list(plan.rows)
     w = [_expert_weights(weights, plan, j) for j in range(6)]

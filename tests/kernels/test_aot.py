@@ -45,7 +45,8 @@ def test_report_covers_every_kernel(report):
     kernels = {r["kernel"] for r in report}
     assert {"attention._fwd_kernel", "attention_bwd._dkdv_kernel", "attention_bwd._dq_kernel",
             "attention_bwd._delta_kernel", "grouped_gemm._rows_gemm_kernel", "grouped_gemm._wgrad_kernel",
-            "expert_ffn_norm._ln_fwd_kernel", "expert_ffn_norm._ln_bwd_kernel"} <= kernels
+            "expert_ffn_norm._ln_fwd_kernel", "expert_ffn_norm._ln_bwd_kernel",
+            "expert_ffn_scale._scale_bwd_kernel"} <= kernels
     assert {r["head_dim"] for r in report if r["kernel"].startswith("attention")} == {34, 64}
     for name in ("attention._fwd_kernel", "attention_bwd._dkdv_kernel", "grouped_gemm._rows_gemm_kernel",
                  "grouped_gemm._wgrad_kernel"):

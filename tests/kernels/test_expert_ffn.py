@@ -12,7 +12,7 @@ import torch
 
 from tests.kernels.parity import DEVICE, assert_ffn_parity, ffn_inputs, ffn_names, run_ffn
 from torch.utils._python_dispatch import TorchDispatchMode
-from vlmo_fast.kernels import expert_ffn_norm, grouped_gemm
+from vlmo_fast.kernels import expert_ffn_norm, expert_ffn_scale, grouped_gemm
 from vlmo_fast.kernels.aot import captured
 from vlmo_fast.kernels.expert_ffn import expert_ffn_ref, expert_ffn_triton, plan_groups
 from vlmo_fast.ops.expert_ffn import expert_ffn
@@ -70,11 +70,11 @@ class _MatmulLog(TorchDispatchMode):
                                                                 (30, 46, 2)]], ids=["split_layer", "five_groups"])
 def test_one_launch_per_stage(groups):
     """However many row groups and experts, a layer's FFN is one launch per stage: forward LayerNorm, fc1 and
-    fc2; backward the two activation-gradient GEMMs, the LayerNorm backward and the two weight-gradient GEMMs
-    (their bias gradients included); and no GEMM outside the Triton kernels.  The launches are captured, not
+    fc2; backward the layer-scale pass, the two activation-gradient GEMMs, the LayerNorm backward and the two
+    weight-gradient GEMMs (their bias gradients included); and no GEMM outside the Triton kernels.  The launches are captured, not
     run (vlmo_fast.kernels.aot.captured)."""
     kernels = [grouped_gemm._rows_gemm_kernel, grouped_gemm._wgrad_kernel, expert_ffn_norm._ln_fwd_kernel,
-               expert_ffn_norm._ln_bwd_kernel]
+               expert_ffn_norm._ln_bwd_kernel, expert_ffn_scale._scale_bwd_kernel]
     x, experts, gamma, row_scale = ffn_inputs(46, 64, 3, 4, True, True)
     xs = x.float().requires_grad_()
     ws = [tuple(w.float().requires_grad_() for w in e) for e in experts]
@@ -83,9 +83,9 @@ def test_one_launch_per_stage(groups):
         forward = [launch.kernel for launch in launches]
         out.backward(torch.ones_like(out))
     backward = [launch.kernel for launch in launches][len(forward):]
-    rows, wgrad, ln_fwd, ln_bwd = kernels
+    rows, wgrad, ln_fwd, ln_bwd, scale_bwd = kernels
     assert forward == [ln_fwd, rows, rows]
-    assert sorted(map(id, backward)) == sorted(map(id, [rows, rows, ln_bwd, wgrad, wgrad]))
+    assert sorted(map(id, backward)) == sorted(map(id, [scale_bwd, rows, rows, ln_bwd, wgrad, wgrad]))
     assert log.matmuls == []
 
 
