@@ -67,7 +67,8 @@ def _pick(slot, P0, P1, P2, P3):
 # Hopper-sized tiles first; the pruning filter drops tiles far larger than the problem and those that break
 # the sm_90 rules for the operands' dtype.
 _ROW_TILES = [  # (BLOCK_M, BLOCK_N, BLOCK_K, num_stages, num_warps)
-    (128, 128, 64, 4, 8), (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (64, 64, 64, 4, 4), (32, 64, 64, 4, 4),
+    (128, 128, 64, 4, 8), (128, 64, 64, 4, 4), (64, 128, 64, 4, 8), (64, 128, 64, 4, 4), (64, 64, 64, 4, 4),
+    (32, 64, 64, 4, 4),
 ]
 _ROW_CONFIGS = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_stages=s, num_warps=w)
                 for bm, bn, bk, s, w in _ROW_TILES]
@@ -76,14 +77,18 @@ _ROW_CONFIGS = [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num
 _ROW_INTERPRET = [triton.Config({"BLOCK_M": 16, "BLOCK_N": 256, "BLOCK_K": 64}, num_warps=4, num_stages=1)]
 
 
-def _fits_sm90(block_m: int, block_n: int, itemsize: int, epilogue: int) -> bool:
+def _fits_sm90(block_m: int, block_n: int, num_warps: int, itemsize: int, epilogue: int) -> bool:
     """The sm_90 rules, read from the resource table (python -m vlmo_fast.kernels.aot): bf16/fp16 tiles of at
-    least 64 rows (32-row tiles compile to mma.sync, not wgmma), and 64-row tiles for the GELU-derivative
-    epilogue, whose extra operand spills 128-row tiles; fp32 (IEEE dots on the FMA units) keeps the
-    accumulator within 64 x 64.  Every listed tile's pipelined operands fit the 227 KB of shared memory."""
+    least 64 rows (32-row tiles compile to mma.sync, not wgmma); the GELU-derivative epilogue, whose extra
+    (T, F) operand sits beside the accumulator, takes 64-row tiles of at most 32 accumulator values a thread
+    (64 x 128 on four warps reaches 255 registers and spills with some Triton versions); fp32 (IEEE dots on
+    the FMA units) keeps the accumulator within 64 x 64.  Every listed tile's pipelined operands fit the
+    227 KB of shared memory."""
     if itemsize == 4:
         return block_m * block_n <= 64 * 64
-    return block_m >= 64 and (epilogue != EPI_DGELU or block_m == 64)
+    if epilogue == EPI_DGELU:
+        return block_m == 64 and block_m * block_n <= 32 * 32 * num_warps
+    return block_m >= 64
 
 
 def _prune_row_configs(configs, named_args, **kwargs):
@@ -93,7 +98,8 @@ def _prune_row_configs(configs, named_args, **kwargs):
     m_cap = max(32 if itemsize == 4 else 64, triton.next_power_of_2(named_args["M"]))
     n_cap = max(64, triton.next_power_of_2(named_args["N"]))
     kept = [c for c in configs if c.kwargs["BLOCK_M"] <= m_cap and c.kwargs["BLOCK_N"] <= n_cap
-            and _fits_sm90(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], itemsize, kwargs.get("EPILOGUE", EPI_NONE))]
+            and _fits_sm90(c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"], c.num_warps, itemsize,
+                           kwargs.get("EPILOGUE", EPI_NONE))]
     return kept or configs[-1:]
 
 
@@ -185,7 +191,7 @@ def _prune_wgrad_configs(configs, named_args, **kwargs):
     n_cap = max(64, triton.next_power_of_2(named_args["N"]))
     p_cap = max(64, triton.next_power_of_2(named_args["P"]))
     kept = [c for c in configs if c.kwargs["BLOCK_N"] <= n_cap and c.kwargs["BLOCK_P"] <= p_cap
-            and _fits_sm90(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_P"], itemsize, EPI_NONE)]
+            and _fits_sm90(c.kwargs["BLOCK_N"], c.kwargs["BLOCK_P"], c.num_warps, itemsize, EPI_NONE)]
     return kept or configs[-1:]
 
 
