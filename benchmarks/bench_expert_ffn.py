@@ -5,6 +5,9 @@ Providers, side by side on the same rows:
 - compiled:   torch.compile of the reference (inductor);
 - dense:      the ceiling: one fc1 -> fc2 GEMM chain (addmm, no LayerNorm, GELU or residual) over all rows with
               a single expert;
+- cublas_chain (GPU only, skipped on the CPU): the peer the Triton path is held to (90% of its throughput): the
+              whole FFN (LayerNorm, fc1, GELU, fc2, layer scale, residual) over all rows with a single expert as
+              eager torch ops, its GEMMs on cuBLAS;
 - ours:       the dispatch the model calls (vlmo_fast.ops.expert_ffn): Triton on CUDA, the default torch path on
               the CPU.
 Shapes are a stage-3 step: P pairs of ~14 text tokens and 197 image tokens; "below" is a layer below s (text and
@@ -27,7 +30,7 @@ DTYPE = torch.bfloat16 if CUDA else torch.float32
 WIDTHS = {"base": 768, "base_plus": 544, "large": 1024} if CUDA else {"base": 768}
 PAIRS = 64 if CUDA else 1
 TEXT_LEN, IMAGE_LEN = 14, 197
-PROVIDERS = ["reference", "compiled", "dense", "ours"]
+PROVIDERS = ["reference", "compiled", "dense", "cublas_chain", "ours"]
 
 
 def make_problem(D: int, layer: str, requires_grad: bool):
@@ -52,6 +55,14 @@ def dense_chain(x, groups, experts, gamma, row_scale, eps):
     return torch.addmm(b2, torch.addmm(b1, x, w1.t()), w2.t())
 
 
+def cublas_chain(x, groups, experts, gamma, row_scale, eps):
+    """The FFN's math over every row with one expert: cuBLAS GEMMs between torch's LayerNorm and GELU kernels."""
+    ln_w, ln_b, w1, b1, w2, b2 = experts[-1]
+    xn = torch.nn.functional.layer_norm(x, (x.shape[-1],), ln_w, ln_b, eps)
+    h = torch.addmm(b2, torch.nn.functional.gelu(torch.addmm(b1, xn, w1.t())), w2.t())
+    return x + gamma * h
+
+
 def provider_fn(provider: str):
     if provider == "reference":
         return expert_ffn_ref
@@ -60,6 +71,8 @@ def provider_fn(provider: str):
         return torch.compile(expert_ffn_ref)
     if provider == "dense":
         return dense_chain
+    if provider == "cublas_chain":
+        return cublas_chain
     return expert_ffn
 
 
@@ -68,6 +81,8 @@ def provider_fn(provider: str):
 @pytest.mark.parametrize("layer", ["below", "above"])
 @pytest.mark.parametrize("width", list(WIDTHS))
 def test_expert_ffn(timed, benchmark, width, layer, mode, provider):
+    if provider == "cublas_chain" and not CUDA:
+        pytest.skip("the cuBLAS peer runs on a GPU")
     D = WIDTHS[width]
     train = mode == "fwd_bwd"
     x, groups, experts, gamma = make_problem(D, layer, train)
@@ -88,3 +103,30 @@ def test_expert_ffn(timed, benchmark, width, layer, mode, provider):
                                 dtype=str(DTYPE))
     with torch.set_grad_enabled(train):
         timed(step, DEVICE, work=flops, rounds=5 if CUDA else 3, warmup=3 if CUDA else 1)
+
+
+@pytest.mark.parametrize("width", list(WIDTHS))
+def test_layer_norm_pass(timed, benchmark, width):
+    """The experts' LayerNorm pass alone (GPU only): its time against the `ours` forward row is the share the
+    unfused LayerNorm costs (kernels/expert_ffn_norm.py says why it is not fused into fc1)."""
+    if not CUDA:
+        pytest.skip("times the Triton LayerNorm kernel on a GPU")
+    from vlmo_fast.kernels.expert_ffn import group_table, plan_groups
+    from vlmo_fast.kernels.expert_ffn_norm import grouped_layer_norm
+
+    D = WIDTHS[width]
+    x, groups, experts, _ = make_problem(D, "below", False)
+    x = x.float()
+    plan = plan_groups([v for g in groups for v in g])
+    table = group_table(plan.table, x.device)
+    ws = [experts[e][0] for e in plan.experts]
+    bs = [experts[e][1] for e in plan.experts]
+    T = x.shape[0]
+    xn, mean, rstd = x.new_empty(T, D, dtype=DTYPE), x.new_empty(T), x.new_empty(T)
+
+    def step():
+        grouped_layer_norm(x, ws, bs, table, list(plan.rows), xn, mean, rstd, 1e-6)
+
+    benchmark.group = f"expert_ffn {width} layer_norm"
+    benchmark.extra_info.update(width=width, tokens=T, dtype=str(DTYPE))
+    timed(step, DEVICE, work=T * D * (4 + xn.element_size()), unit="GB/s", rounds=20, warmup=3)

@@ -101,7 +101,7 @@ def _expert_ffn_launches(dtype) -> list[Launch]:
     """Forward and backward of the expert FFN at VLMo-base width: fp32 residual stream, GEMMs in `dtype`."""
     import torch
 
-    from . import expert_ffn
+    from . import expert_ffn, expert_ffn_norm, expert_ffn_scale, grouped_gemm
 
     T, D, hidden = 32 * 237, 768, 3072
     x = torch.empty(T, D, device="meta", dtype=torch.float32 if dtype != torch.float32 else dtype)
@@ -109,7 +109,8 @@ def _expert_ffn_launches(dtype) -> list[Launch]:
     weights = w * 2
     groups = [0, 32 * 40, 0, 32 * 40, T, 1]
     gamma = torch.empty(D, device="meta", dtype=x.dtype)
-    with captured(_kernel_objects(expert_ffn)) as launches:
+    kernels = [k for m in (grouped_gemm, expert_ffn_norm, expert_ffn_scale) for k in _kernel_objects(m)]
+    with captured(kernels) as launches:
         out, xn, mean, rstd, u, a, h = expert_ffn.ffn_forward(x, groups, weights, gamma, None, 1e-6, True)
         expert_ffn.ffn_backward(out, x, xn, mean, rstd, u, a, h, groups, weights, gamma, None)
     return launches
@@ -164,7 +165,7 @@ def _compile(fn, bound: dict, num_warps: int, num_stages: int) -> dict:
 
 
 def _config_name(kwargs: dict, num_warps: int, num_stages: int) -> str:
-    tiles = "x".join(str(kwargs[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K") if k in kwargs)
+    tiles = "x".join(str(kwargs[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_P", "BLOCK_K") if k in kwargs)
     return f"{tiles or '-'}/w{num_warps}/s{num_stages}"
 
 

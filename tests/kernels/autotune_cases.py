@@ -20,13 +20,15 @@ import triton
 
 from tests.helpers import encode_pair_batch
 from tests.kernels.parity import assert_ffn_parity, check_attention
-from vlmo_fast.kernels import attention, attention_bwd, expert_ffn
+from vlmo_fast.kernels import attention, attention_bwd, expert_ffn_norm, grouped_gemm
 from vlmo_fast.kernels.tuning import AUTOTUNE_CHECK
 
 pytestmark = pytest.mark.skipif(not AUTOTUNE_CHECK, reason="needs VLMO_FAST_AUTOTUNE_CHECK=1 before import")
 
 AUTOTUNERS = {"attention._fwd_kernel": attention._fwd_kernel, "attention_bwd._dkdv_kernel": attention_bwd._dkdv_kernel,
-              "attention_bwd._dq_kernel": attention_bwd._dq_kernel, "expert_ffn._gemm_kernel": expert_ffn._gemm_kernel}
+              "attention_bwd._dq_kernel": attention_bwd._dq_kernel,
+              "grouped_gemm._rows_gemm_kernel": grouped_gemm._rows_gemm_kernel,
+              "grouped_gemm._wgrad_kernel": grouped_gemm._wgrad_kernel}
 FFN_GROUPS = [(0, 5, 0), (5, 5, 1), (5, 70, 1), (70, 77, 2)]
 
 
@@ -49,7 +51,7 @@ def only(tuner, config):
 
 
 def test_every_autotuner_is_module_level_with_several_configs():
-    modules = (attention, attention_bwd, expert_ffn)
+    modules = (attention, attention_bwd, expert_ffn_norm, grouped_gemm)
     found = {f"{m.__name__.rsplit('.', 1)[-1]}.{n}" for m in modules for n, v in vars(m).items()
              if isinstance(v, triton.runtime.Autotuner) and v.fn.fn.__module__ == m.__name__}
     assert found == set(AUTOTUNERS)
@@ -71,7 +73,8 @@ def test_expert_ffn_first_and_cached_call():
     _forget_tuning()
     for _ in range(2):
         assert_ffn_parity(FFN_GROUPS, 77, 64, torch.float32, True, True)
-    assert expert_ffn._gemm_kernel.cache, "the GEMM autotuner never tuned"
+    assert grouped_gemm._rows_gemm_kernel.cache, "the row GEMM autotuner never tuned"
+    assert grouped_gemm._wgrad_kernel.cache, "the weight-gradient autotuner never tuned"
 
 
 @pytest.mark.parametrize("name", ["attention._fwd_kernel", "attention_bwd._dkdv_kernel", "attention_bwd._dq_kernel"])
@@ -85,9 +88,11 @@ def test_every_attention_config(name, dtype):
                 check_attention([40, 3, 70], 10, 70, 24, dtype, bias=bias, window=3, l0=70, seed=12)
 
 
+@pytest.mark.parametrize("name", ["grouped_gemm._rows_gemm_kernel", "grouped_gemm._wgrad_kernel"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
-def test_every_gemm_config(dtype):
-    tuner = AUTOTUNERS["expert_ffn._gemm_kernel"]
+def test_every_gemm_config(name, dtype):
+    """Two experts, a group shorter than the smallest tile and one spanning several (rows and weight rows)."""
+    tuner = AUTOTUNERS[name]
     for config in list(tuner.configs):
         with only(tuner, config):
             assert_ffn_parity([(0, 40, 0), (40, 140, 1)], 140, 64, dtype, True, False, num_experts=2)

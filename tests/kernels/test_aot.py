@@ -44,10 +44,12 @@ def _breaches(records: list[dict]) -> list[str]:
 def test_report_covers_every_kernel(report):
     kernels = {r["kernel"] for r in report}
     assert {"attention._fwd_kernel", "attention_bwd._dkdv_kernel", "attention_bwd._dq_kernel",
-            "attention_bwd._delta_kernel", "expert_ffn._gemm_kernel", "expert_ffn._ln_fwd_kernel",
-            "expert_ffn._ln_bwd_kernel"} <= kernels
+            "attention_bwd._delta_kernel", "grouped_gemm._rows_gemm_kernel", "grouped_gemm._wgrad_kernel",
+            "expert_ffn_norm._ln_fwd_kernel", "expert_ffn_norm._ln_bwd_kernel",
+            "expert_ffn_scale._scale_bwd_kernel"} <= kernels
     assert {r["head_dim"] for r in report if r["kernel"].startswith("attention")} == {34, 64}
-    for name in ("attention._fwd_kernel", "attention_bwd._dkdv_kernel", "expert_ffn._gemm_kernel"):
+    for name in ("attention._fwd_kernel", "attention_bwd._dkdv_kernel", "grouped_gemm._rows_gemm_kernel",
+                 "grouped_gemm._wgrad_kernel"):
         mine = [r for r in report if r["kernel"] == name]
         assert any(r["kept"] for r in mine) and all(r["regs"] > 0 for r in mine), name
 

@@ -22,13 +22,15 @@ def _record(monkeypatch) -> list[tuple[str, tuple[torch.dtype, ...]]]:
         real = getattr(module, name)
 
         def recording(*args, **kwargs):
-            seen.append((name, tuple(args[i].dtype for i in operands)))
+            tensors = [t for i in operands for t in (args[i] if isinstance(args[i], list) else [args[i]])]
+            seen.append((name, tuple(t.dtype for t in tensors)))
             return real(*args, **kwargs)
         monkeypatch.setattr(module, name, recording)
 
     wrap(attention, "attention_fwd", (0, 1, 2))      # q, k, v
     wrap(attention, "attention_bwd", (0, 1, 2, 3))   # dout, q, k, v
-    wrap(expert_ffn, "_gemm", (0, 1))                # the A and B operands of every Triton GEMM
+    wrap(expert_ffn, "grouped_rows_gemm", (0, 1))    # A and every expert's B of the row GEMMs
+    wrap(expert_ffn, "grouped_weight_grad", (0, 1))  # both operands of the weight-gradient GEMMs
     return seen
 
 
@@ -52,7 +54,7 @@ def test_autocast_half_operands_fp32_residual(monkeypatch):
     enc = _step(torch.float16)
     assert enc.hidden.dtype == torch.float32, "the residual stream left fp32"
     names = {name for name, _ in seen}
-    assert names == {"attention_fwd", "attention_bwd", "_gemm"}, names
+    assert names == {"attention_fwd", "attention_bwd", "grouped_rows_gemm", "grouped_weight_grad"}, names
     wrong = [(name, dtypes) for name, dtypes in seen if set(dtypes) != {torch.float16}]
     assert not wrong, f"matmul operands outside the autocast dtype: {wrong[:5]}"
 

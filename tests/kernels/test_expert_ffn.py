@@ -11,7 +11,10 @@ import pytest
 import torch
 
 from tests.kernels.parity import DEVICE, assert_ffn_parity, ffn_inputs, ffn_names, run_ffn
-from vlmo_fast.kernels.expert_ffn import expert_ffn_ref, expert_ffn_triton
+from torch.utils._python_dispatch import TorchDispatchMode
+from vlmo_fast.kernels import expert_ffn_norm, expert_ffn_scale, grouped_gemm
+from vlmo_fast.kernels.aot import captured
+from vlmo_fast.kernels.expert_ffn import expert_ffn_ref, expert_ffn_triton, plan_groups
 from vlmo_fast.ops.expert_ffn import expert_ffn
 
 # Uneven groups: an empty group, groups smaller than the interpreter's 16-row tile, one spanning tiles, an
@@ -24,6 +27,80 @@ SMALL_GROUPS = [(0, 3, 0), (3, 3, 1), (3, 25, 1), (25, 30, 0), (30, 37, 2)]
     (torch.float32, False, True), (torch.float16, True, True), (torch.float16, False, False)])
 def test_parity_small(dtype, with_gamma, with_row_scale):
     assert_ffn_parity(SMALL_GROUPS, 37, 96, dtype, with_gamma, with_row_scale)
+
+
+# The layouts of a VLMo layer (experts in Block.experts() order: text 0, image 1, VL 2): 3 captions of 5, 9 and 2
+# tokens and 3 images of 10 patches.  Each layout in one dtype (fp16 where the split layer runs twice).
+TEXT_ROWS, IMAGE_ROWS = 16, 30
+VLMO_LAYOUTS = {
+    "text_only": ([(0, TEXT_ROWS, 0)], TEXT_ROWS, torch.float16),
+    "image_only": ([(0, IMAGE_ROWS, 1)], IMAGE_ROWS, torch.float32),
+    "fused_split": ([(0, TEXT_ROWS, 0), (TEXT_ROWS, TEXT_ROWS + IMAGE_ROWS, 1)], TEXT_ROWS + IMAGE_ROWS,
+                    torch.float32),
+    "fused_split_fp16": ([(0, TEXT_ROWS, 0), (TEXT_ROWS, TEXT_ROWS + IMAGE_ROWS, 1)], TEXT_ROWS + IMAGE_ROWS,
+                         torch.float16),
+    "vl": ([(0, TEXT_ROWS + IMAGE_ROWS, 2)], TEXT_ROWS + IMAGE_ROWS, torch.float32),
+}
+
+
+@pytest.mark.parametrize("layout", list(VLMO_LAYOUTS))
+def test_parity_vlmo_layouts(layout):
+    """Output and every gradient (x, gamma, both norms' weight and bias, fc1 and fc2 weights and biases) for the
+    row groups of text-only, image-only, fused below s and fused from s on (VL) layers, with stochastic depth."""
+    groups, T, dtype = VLMO_LAYOUTS[layout]
+    assert_ffn_parity(groups, T, 64, dtype, True, True, seed=3)
+
+
+class _MatmulLog(TorchDispatchMode):
+    """Records the aten matmuls run inside the block (cuBLAS/oneDNN GEMMs outside the Triton kernels)."""
+
+    MATMULS = {"mm", "addmm", "bmm", "baddbmm", "matmul", "linear", "addmv", "mv"}
+
+    def __init__(self):
+        super().__init__()
+        self.matmuls: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ in self.MATMULS:
+            self.matmuls.append(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("groups", [[(0, 16, 0), (16, 46, 1)], [(0, 3, 0), (3, 3, 1), (3, 25, 1), (25, 30, 0),
+                                                                (30, 46, 2)]], ids=["split_layer", "five_groups"])
+def test_one_launch_per_stage(groups):
+    """However many row groups and experts, a layer's FFN is one launch per stage: forward LayerNorm, fc1 and
+    fc2; backward the layer-scale pass, the two activation-gradient GEMMs, the LayerNorm backward and the two
+    weight-gradient GEMMs (their bias gradients included); and no GEMM outside the Triton kernels.  The launches are captured, not
+    run (vlmo_fast.kernels.aot.captured)."""
+    kernels = [grouped_gemm._rows_gemm_kernel, grouped_gemm._wgrad_kernel, expert_ffn_norm._ln_fwd_kernel,
+               expert_ffn_norm._ln_bwd_kernel, expert_ffn_scale._scale_bwd_kernel]
+    x, experts, gamma, row_scale = ffn_inputs(46, 64, 3, 4, True, True)
+    xs = x.float().requires_grad_()
+    ws = [tuple(w.float().requires_grad_() for w in e) for e in experts]
+    with captured(kernels) as launches, _MatmulLog() as log:
+        out = expert_ffn_triton(xs, groups, ws, gamma.float(), row_scale.float())
+        forward = [launch.kernel for launch in launches]
+        out.backward(torch.ones_like(out))
+    backward = [launch.kernel for launch in launches][len(forward):]
+    rows, wgrad, ln_fwd, ln_bwd, scale_bwd = kernels
+    assert forward == [ln_fwd, rows, rows]
+    assert sorted(map(id, backward)) == sorted(map(id, [scale_bwd, rows, rows, ln_bwd, wgrad, wgrad]))
+    assert log.matmuls == []
+
+
+def test_group_plan_slots():
+    """Experts with rows get slots in order of first appearance; empty groups leave the table."""
+    plan = plan_groups([0, 3, 2, 3, 3, 0, 3, 9, 0, 9, 12, 2])
+    assert plan.table == (0, 3, 0, 3, 9, 1, 9, 12, 0)
+    assert plan.experts == (2, 0) and plan.rows == (3, 6, 3) and plan.slots == (0, 1, 0)
+
+
+def test_too_many_experts_raise():
+    x, experts, _, _ = ffn_inputs(10, 32, 5, 9, False, False)
+    ws = [tuple(w.float() for w in e) for e in experts]
+    with pytest.raises(ValueError, match="at most 4 experts"):
+        expert_ffn_triton(x.float(), [(2 * k, 2 * k + 2, k) for k in range(5)], ws)
 
 
 def test_unused_expert_has_no_gradient():
@@ -112,3 +189,16 @@ def test_dispatch_under_torch_compile(kernels, monkeypatch):
 def test_parity_bf16_cuda(D, T, groups):
     """bf16 on the GPU (the interpreter's bf16 dot is wrong), at sizes that use the autotuned tiles."""
     assert_ffn_parity(groups, T, D, torch.bfloat16, True, True)
+
+
+@pytest.mark.gpu
+def test_gradients_bitwise_reproducible_cuda():
+    """The weight and bias gradients sum each expert's groups in a fixed order without atomics: two backward
+    passes give bitwise equal gradients."""
+    x, experts, gamma, row_scale = ffn_inputs(2000, 768, 2, 10, True, True)
+    dy = torch.randn(2000, 768, generator=torch.Generator().manual_seed(11), dtype=torch.float64).to(DEVICE)
+    groups = [(0, 300, 0), (300, 1400, 1), (1400, 2000, 0)]
+    first, second = (run_ffn(expert_ffn_triton, x, experts, gamma, row_scale, groups, torch.bfloat16, dy)
+                     for _ in range(2))
+    for name, a, b in zip(ffn_names(experts, gamma), first, second):
+        assert torch.equal(a, b), name
