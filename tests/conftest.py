@@ -11,7 +11,7 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
-from tests.fixtures import FixtureSet, fixtures_dir  # noqa: E402
+from tests.helpers import FixtureSet, fixtures_dir  # noqa: E402
 
 
 

@@ -5,7 +5,7 @@ reference kernels), separate passes through the official objectives, per-sample 
 updates one tensor at a time (each implementation keeps its own optimizer state over the shared weights).  Same weights,
 dims, batch and data (real caption lengths uniform in 8..20 tokens with [CLS] and [SEP], fixed seed).
 
-Prints one JSON line per implementation on stdout: {"impl", "samples_per_s", "step_s_median"[, "mfu"]}.
+Prints one JSON line per implementation on stdout: {"impl", "samples_per_s", "step_s_median", "precision"[, "mfu"]}.
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from vlmo_fast.compat import objectives as official
 from vlmo_fast.config import ModelConfig, preset
 from vlmo_fast.flops import device_peak, pretrain_step_flops
 from vlmo_fast.train.optim import make_optimizer
+from vlmo_fast.train.runtime import autocast_dtype
 from vlmo_fast.train.step import StepDraws, pretrain_losses
 
 PRETRAIN_OBJECTIVES = {"itc", "itm", "mlm"}
@@ -108,8 +109,10 @@ def run_bench(args: argparse.Namespace) -> int:
     else:
         cfg = ModelConfig(embed_dim=args.dim, depth=args.depth, num_heads=args.heads, vl_start=args.vl_start,
                           image_size=args.image, max_text_len=args.text_len, drop_path_rate=0.1)
-    precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
-    amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    # the trainer's default precision (precision=auto) unless given; the official-style baseline computes in fp32
+    # on the CPU (as the official code there) and in the same precision as ours on CUDA
+    precision = args.precision or ("fp32" if autocast_dtype("auto", device) is None else "bf16")
+    baseline_precision = precision if device.type == "cuda" else "fp32"
     torch.manual_seed(args.seed)
     model = CompatVLMo({"max_text_len": cfg.max_text_len, "image_size": cfg.image_size, "drop_path_rate": 0.1},
                        arch={"embed_dim": cfg.embed_dim, "depth": cfg.depth, "num_heads": cfg.num_heads,
@@ -122,29 +125,36 @@ def run_bench(args: argparse.Namespace) -> int:
     flops = pretrain_step_flops(model.cfg, batch["text_lens"].tolist())
     peak = device_peak(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
 
-    def autocast():
+    def autocast(name: str):
+        amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
         return torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext()
 
-    def ours():
-        with autocast():
-            losses, _ = pretrain_losses(model, batch, PRETRAIN_OBJECTIVES, draws=StepDraws(gen))
-        sum(losses.values()).backward()
-        optimizer["vlmo_fast"].step()
-        optimizer["vlmo_fast"].zero_grad(set_to_none=True)
+    def ours(opt: torch.optim.Optimizer, name: str):
+        def step():
+            with autocast(name):
+                losses, _ = pretrain_losses(model, batch, PRETRAIN_OBJECTIVES, draws=StepDraws(gen))
+            sum(losses.values()).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return step
 
     def baseline():
-        with kernels("ref"), autocast():
+        with kernels("ref"), autocast(baseline_precision):
             loss = official_style_losses(model, batch)
         loss.backward()
         optimizer["official_style"].step()
         optimizer["official_style"].zero_grad(set_to_none=True)
 
-    impls = {"vlmo_fast": ours, "official_style": baseline}
-    chosen = {name: impls[name] for name in (args.impl or list(impls))}
-    for name, times in measure(chosen, args.steps, args.warmup, device).items():
+    impls = {"vlmo_fast": (ours(optimizer["vlmo_fast"], precision), precision),
+             "official_style": (baseline, baseline_precision)}
+    if precision != "fp32" and device.type == "cpu":  # fp32 against fp32 too, in the same run
+        impls["vlmo_fast_fp32"] = (ours(make_optimizer(model, 1e-5, 0.01, 1.0), "fp32"), "fp32")
+    chosen = {name: impls[name] for name in (args.impl or list(impls)) if name in impls}
+    timed = measure({name: fn for name, (fn, _) in chosen.items()}, args.steps, args.warmup, device)
+    for name, times in timed.items():
         med = statistics.median(times)
         rec = {"impl": name, "samples_per_s": args.batch / med, "step_s_median": med, "device": str(device),
-               "precision": precision}
+               "precision": chosen[name][1]}
         if peak:
             rec["mfu"] = flops / med / peak
         print(json.dumps(rec), flush=True)
@@ -168,7 +178,9 @@ def add_bench_parser(subparsers):
     q.add_argument("--warmup", type=int, default=2)
     q.add_argument("--device", default="auto")
     q.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
-                   help="default fp32 on the CPU, bf16 on CUDA")
-    q.add_argument("--impl", action="append", choices=("vlmo_fast", "official_style"), help="run only these")
+                   help="vlmo-fast's precision; default the trainer's (bf16 on CUDA and on CPUs with bf16 matrix "
+                        "units, else fp32); with bf16 on the CPU the fp32 step is measured too (vlmo_fast_fp32)")
+    q.add_argument("--impl", action="append", choices=("vlmo_fast", "official_style", "vlmo_fast_fp32"),
+                   help="run only these")
     q.add_argument("--seed", type=int, default=0)
     return p, sub

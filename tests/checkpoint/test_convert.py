@@ -12,11 +12,10 @@ import re
 import pytest
 import torch
 
-from tests.fixtures import FixtureSet
+from tests.helpers import FixtureSet
 from vlmo_fast.checkpoint import convert
-from vlmo_fast.checkpoint.convert import (
-    convert_beit_to_textpt, interpolate_pos_embed, official_pretrained_load, resize_relpos_table,
-    truncate_text_positions, window_from_table_rows)
+from vlmo_fast.checkpoint.convert import (convert_beit_to_textpt, interpolate_pos_embed, official_pretrained_load,
+                                          resize_relpos_table, truncate_text_positions, window_from_table_rows)
 from vlmo_fast.ops.relpos import table_rows
 
 INDEX_KEYS = ("relative_position_index", "text_relative_position_index", "text_imag_relative_position_index")

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save
 
-from tests.tiny import TINY
+from tests.helpers import TINY
 from vlmo_fast.checkpoint import durable
 from vlmo_fast.checkpoint.durable import hash_file, write_durably, write_text_durably
 from vlmo_fast.checkpoint.manifest import MANIFEST, CorruptCheckpointError, check_intact, verify, write_manifest

@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from tests.data.helpers import damaged_shards
-from tests.tiny import TINY
+from tests.helpers import TINY
 from vlmo_fast.data.convert.to_shards import arrow_to_shards
 from vlmo_fast.train.tasks import resolve
 from vlmo_fast.train.trainer import Trainer

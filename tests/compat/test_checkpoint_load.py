@@ -7,8 +7,7 @@ import json
 import pytest
 import torch
 
-from tests.compat.test_official_parity import assert_all_outputs_match
-from tests.fixtures import FixtureSet
+from tests.helpers import FixtureSet, assert_all_outputs_match
 from vlmo_fast.checkpoint import CheckpointMismatchError, load_model, save_model
 from vlmo_fast.checkpoint.files import UntrustedCheckpointError
 from vlmo_fast.compat import VLMo

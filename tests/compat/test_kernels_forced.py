@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.compat.test_official_parity import assert_all_outputs_match, build
-from tests.compat import test_official_parity as parity
-from tests.fixtures import FixtureSet
+from tests.helpers import FixtureSet, assert_all_outputs_match, assert_gradients_match, build
 
 
 @pytest.fixture
@@ -22,4 +20,4 @@ def test_outputs_with_triton_kernels(tiny):
 
 @pytest.mark.slow
 def test_gradients_with_triton_kernels(tiny):
-    parity.test_gradients_of_weighted_loss(tiny)
+    assert_gradients_match(build(tiny), tiny)

@@ -1,6 +1,11 @@
 """The model, batch and negatives shared by the DDP worker and the single-process reference."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import torch
 
 from vlmo_fast.config import ModelConfig
@@ -51,3 +56,15 @@ def to_local_first(index: torch.Tensor, rank: int, world: int, per_rank: int) ->
     others = [r for r in range(world) if r != rank]
     pos = torch.tensor([0 if o == rank else 1 + others.index(o) for o in owner.tolist()])
     return pos * per_rank + row
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def torchrun(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    # --standalone: a local rendezvous on a port torchrun picks itself (no race for a free port)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc

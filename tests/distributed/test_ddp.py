@@ -6,26 +6,14 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-from tests.tiny import TINY
-from tests.distributed.common import build_model, global_batch, global_negatives
+from tests.distributed.common import REPO, build_model, global_batch, global_negatives, torchrun
+from tests.helpers import TINY
 from vlmo_fast.cli import main
 from vlmo_fast.train.step import StepDraws, pretrain_losses
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def torchrun(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    # --standalone: a local rendezvous on a port torchrun picks itself (no race for a free port)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *args]
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
 
 
 @pytest.mark.slow

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.distributed.test_ddp import REPO, torchrun
-from tests.tiny import TINY
+from tests.distributed.common import REPO, torchrun
+from tests.helpers import TINY
 
 STEPS = 8
 

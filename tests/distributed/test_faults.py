@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.cli.test_trainer import losses, run
-from tests.tiny import TINY
+from tests.helpers import TINY, losses, run
 from vlmo_fast.checkpoint import durable
 from vlmo_fast.checkpoint.manifest import verify
 from vlmo_fast.cli import main

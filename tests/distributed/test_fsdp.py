@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.distributed.test_ddp import torchrun
-from tests.tiny import TINY
+from tests.distributed.common import torchrun
+from tests.helpers import TINY
 from vlmo_fast.checkpoint.manifest import read_manifest, verify
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.tiny import TINY
+from tests.helpers import TINY
 from vlmo_fast.data.convert.to_shards import convert_as_shards
 from vlmo_fast.data.synthetic import write_synthetic
 

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.compat.test_official_parity import build
-from tests.fixtures import assert_close_out
+from tests.helpers import assert_close_out, build
 from vlmo_fast.config import ModelConfig
-from vlmo_fast.model.vlmo import VLMo, Route, cls_rows
+from vlmo_fast.model.vlmo import Route, VLMo, cls_rows
 from vlmo_fast.ops.packing import make_layout, unpack_text
 
 

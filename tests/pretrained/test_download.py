@@ -13,32 +13,14 @@ import threading
 import pytest
 import torch
 
+from tests.helpers import TINY, official_bytes
 from tests.pretrained.server import FileServer
-from tests.tiny import TINY
 from vlmo_fast.cli import main
-from vlmo_fast.config import preset
-from vlmo_fast.model.vlmo import VLMo
-from vlmo_fast.ops.relpos import segment_index
 from vlmo_fast.pretrained import (PRETRAINED, Cache, OfflineError, PretrainedWeight, cached_file, from_pretrained,
                                   register)
 
 NAME = "vlmo_tiny_patch16_64"
 FILE = f"{NAME}.pt"
-
-
-def official_bytes() -> tuple[bytes, dict[str, torch.Tensor]]:
-    """A tiny official-format checkpoint: the state dict under "model", with the three index matrices, text
-    positions for 40 tokens (the released files' length)."""
-    torch.manual_seed(0)
-    model = VLMo(preset("vlmo_tiny_patch16", image_size=64, max_text_len=40, tasks=("itm", "itc", "mlm")))
-    sd = {k: v.clone() for k, v in model.state_dict().items()}
-    window, lt = 4, 40
-    sd["relative_position_index"] = segment_index(0, window * window + 1, window, 196)
-    sd["text_relative_position_index"] = segment_index(lt, 0, window, 196)
-    sd["text_imag_relative_position_index"] = segment_index(lt, window * window + 1, window, 196)
-    buf = io.BytesIO()
-    torch.save({"model": sd, "epoch": 1}, buf)
-    return buf.getvalue(), sd
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +170,7 @@ def test_offline_records_a_file_placed_by_hand(server, checkpoint, tmp_path, mon
 def test_beit_weight_loads_converted_for_text_pretraining(server, official_dir):
     """A BEiT file by name: from_pretrained applies the official stage-1 -> 2 conversion; the backbone equals the
     official model that loaded the same file (fixture interp_units: textpt_model)."""
-    from tests.fixtures import FixtureSet
+    from tests.helpers import FixtureSet
 
     units = FixtureSet.load(official_dir, "interp_units")
     buf = io.BytesIO()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from tests.pretrained.test_download import official_bytes
+from tests.helpers import official_bytes
 from vlmo_fast.config import ARCHS
 from vlmo_fast.pretrained import PRETRAINED, from_pretrained
 from vlmo_fast.train.tasks import TASKS

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.helpers import encode_pair_batch
 from vlmo_fast.config import ModelConfig
 from vlmo_fast.model.vlmo import VLMo
-from tests.helpers import encode_pair_batch
 
 
 @pytest.fixture(autouse=True)

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from vlmo_fast.config import ModelConfig
-from vlmo_fast.model.vlmo import VLMo
 from vlmo_fast.model.inference import itm_logits
+from vlmo_fast.model.vlmo import VLMo
 from vlmo_fast.train.evaluate import itm_rerank, recall_at_k
 
 

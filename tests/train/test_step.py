@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.compat.test_official_parity import build, official_batch
+from tests.helpers import build, official_batch
 from vlmo_fast.compat import objectives as official
 from vlmo_fast.config import ModelConfig
 from vlmo_fast.model.vlmo import VLMo

@@ -36,7 +36,7 @@ from .optim import make_optimizer, make_scheduler, warmup_steps_of
 from .parallel import ParallelStep
 from .plan import StepPlan
 from .run_lock import hold_run_directory
-from .runtime import autocast, autocast_dtype, compile_blocks, pick_device
+from .runtime import autocast, autocast_dtype, compile_blocks, graphs_compiled, pick_device
 from .sharding import full_state_dict
 from .step import StepDraws, task_losses
 
@@ -80,6 +80,7 @@ class Trainer:
         self.log_dir = Path(config.runtime.log_dir)
         self.tb = None  # the TensorBoard writer, opened by fit() once the run holds its directory
         self.step_module = StepModule(self.model, self.tasks, config.objectives.itc_gather_grad)
+        self.compiles_before = graphs_compiled()  # the log counts the graphs this run compiles
         compile_blocks(self.model, config.runtime.compile, self.device)
         self.parallel = ParallelStep(self.step_module, self.model, config.runtime.strategy, self.world, self.device,
                                      evaluation_only=config.evaluation.test_only)
@@ -223,6 +224,7 @@ class Trainer:
         """The log record of the window (to log.jsonl and TensorBoard on rank 0); the next window starts."""
         peak = device_peak(torch.cuda.get_device_name(self.device)) if self.device.type == "cuda" else None
         record = window.record(self.step, self.epoch, self.scheduler.get_last_lr()[0], peak, losses, metrics)
+        record["compiles"] = graphs_compiled() - self.compiles_before
         window.reset()
         if self.rank == 0:
             with open(self.log_dir / "log.jsonl", "a") as f:

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from tests.tiny import TINY
+from tests.helpers import TINY
 from vlmo_fast.compat.config import full_config
 from vlmo_fast.train.tasks import STEP_PRESETS, TASKS, resolve
 from vlmo_fast.train.trainer import Trainer

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from tests.pretrained.test_download import official_bytes
+from tests.helpers import official_bytes
 from vlmo_fast.checkpoint import save_model
 from vlmo_fast.cli import main
 from vlmo_fast.config import preset

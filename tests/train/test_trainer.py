@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.tiny import TINY
+from tests.helpers import TINY, losses, run
 from vlmo_fast.cli import main
 from vlmo_fast.train.tasks import resolve
 from vlmo_fast.train.trainer import Trainer, TrainingStopped
@@ -17,20 +17,9 @@ from vlmo_fast.train.trainer import Trainer, TrainingStopped
 GOLDEN = Path(__file__).resolve().parent.parent / "assets" / "golden_losses_tiny.json"
 
 
-def run(root, log_dir, *extra) -> list[dict]:
-    config = resolve("task_mlm_itm_itc_tiny", TINY + [f"data_root={root}", f"log_dir={log_dir}",
-                                                      "drop_path_rate=0.1", *extra])
-    Trainer(config).fit()
-    return [json.loads(line) for line in (Path(log_dir) / "log.jsonl").read_text().splitlines()]
-
-
-def losses(log: list[dict]) -> list[float]:
-    return [r["loss"] for r in log]
-
-
 def golden_run(root, log_dir) -> list[float]:
-    """Six deterministic steps of the tiny pre-training (drop path on), the curve stored in tests/assets."""
-    return losses(run(root, log_dir, "max_train_steps=6", "seed=3"))
+    """Six deterministic steps of the tiny pre-training (drop path on, fp32), the curve stored in tests/assets."""
+    return losses(run(root, log_dir, "max_train_steps=6", "seed=3", "precision=32"))
 
 
 def test_golden_loss_curve(synthetic_root, tmp_path):
