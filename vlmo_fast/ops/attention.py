@@ -54,6 +54,7 @@ def packed_attention(q: Tensor, k: Tensor, v: Tensor, layout: PackedLayout, tabl
     """
     if use_triton(q):
         return packed_attention_triton(q, k, v, layout, table, col, window, l0, scale)
-    if kernel_choice() == "ref" or needs_grad(q, k, v, table):
-        return packed_attention_ref(q, k, v, layout, table, col, window, l0, scale)
-    return packed_attention_sdpa(q, k, v, layout, table, col, window, l0, scale)
+    with torch.autocast(q.device.type, enabled=False):  # the CPU roads upcast themselves (fp32 logits)
+        if kernel_choice() == "ref" or needs_grad(q, k, v, table):
+            return packed_attention_ref(q, k, v, layout, table, col, window, l0, scale)
+        return packed_attention_sdpa(q, k, v, layout, table, col, window, l0, scale)

@@ -57,13 +57,14 @@ def dense_self_attention(x: Tensor, weight: Tensor, bias: Tensor | None, num_hea
     fold[:D] = scale
     qkv = F.linear(x, weight * fold[:, None], None if bias is None else bias * fold).view(P, M, 3, H, D // H)
     cdt = torch.float32 if qkv.dtype in (torch.float16, torch.bfloat16) else qkv.dtype
-    q, k, v = qkv.to(cdt).permute(2, 0, 3, 1, 4).unbind(0)  # (P, H, M, dh) each
-    table_bias, valid = dense_bias_and_mask(layout, table, col, H, window, l0)
-    logits = q @ k.transpose(-1, -2)  # (P, H, M, M), updated in place below (no extra copies)
-    if table_bias is not None:
-        logits.add_(table_bias.to(cdt))
-    logits.masked_fill_(~valid, torch.finfo(cdt).min)
-    out = (logits.softmax(-1) @ v).transpose(1, 2).reshape(P * M, D).to(x.dtype)
+    with torch.autocast(x.device.type, enabled=False):  # logits, softmax and attn @ v in fp32 under autocast too
+        q, k, v = qkv.to(cdt).permute(2, 0, 3, 1, 4).unbind(0)  # (P, H, M, dh) each
+        table_bias, valid = dense_bias_and_mask(layout, table, col, H, window, l0)
+        logits = q @ k.transpose(-1, -2)  # (P, H, M, M), updated in place below (no extra copies)
+        if table_bias is not None:
+            logits.add_(table_bias.to(cdt))
+        logits.masked_fill_(~valid, torch.finfo(cdt).min)
+        out = (logits.softmax(-1) @ v).transpose(1, 2).reshape(P * M, D).to(x.dtype)
     if same and rows is None:
         return out
     return out.index_select(0, to_dense if rows is None else to_dense.index_select(0, rows))
