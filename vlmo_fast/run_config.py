@@ -150,7 +150,8 @@ class RuntimeKeys:
     log_every: int = key(10, ge=1, official=False, doc="optimizer steps between log lines")
     device: str = key("auto", official=False, doc="auto = cuda when available, else cpu")
     precision: Literal["auto", "32", "bf16", "16", 32, 16] = key(
-        "auto", official_default=16, doc="auto = bf16 on CUDA, 32 on the CPU; 16 = fp16 with a gradient scaler")
+        "auto", official_default=16,
+        doc="auto = bf16 on CUDA and on CPUs with bf16 matrix units, else 32; 16 = fp16 with a gradient scaler")
     compile: Literal[True, False, "auto"] = key("auto", official=False, doc="torch.compile the blocks; auto = CUDA")
     strategy: Literal["ddp", "fsdp"] = key("ddp", official=False,
                                            doc="several processes: ddp (replicated) or fsdp (FSDP2, sharded)")
