@@ -21,13 +21,16 @@ def _record(monkeypatch) -> list[tuple[str, tuple[torch.dtype, ...]]]:
         real = getattr(module, name)
 
         def recording(*args, **kwargs):
-            seen.append((name, tuple(args[i].dtype for i in operands)))
+            seen.append((name, operands(args)))
             return real(*args, **kwargs)
         monkeypatch.setattr(module, name, recording)
 
-    wrap(attention, "attention_fwd", (0, 1, 2))      # q, k, v
-    wrap(attention, "attention_bwd", (0, 1, 2, 3))   # dout, q, k, v
-    wrap(expert_ffn, "_gemm", (0, 1))                # the A and B operands of every Triton GEMM
+    def problem(p):  # qkv and the dense bias tiles loaded beside K/V
+        return (p.qkv.dtype,) + (() if p.bias is None else (p.bias.dtype,))
+
+    wrap(attention, "attention_fwd", lambda a: problem(a[0]))
+    wrap(attention, "attention_bwd", lambda a: problem(a[0]) + (a[1].dtype,))  # problem, dout
+    wrap(expert_ffn, "_gemm", lambda a: (a[0].dtype, a[1].dtype))  # the A and B operands of every Triton GEMM
     return seen
 
 

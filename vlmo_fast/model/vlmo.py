@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from vlmo_fast.config import ModelConfig
+from vlmo_fast.ops.attention_bias import layer_bias, slot_index
 from vlmo_fast.ops.layout import PackedLayout
 from vlmo_fast.ops.packing import make_layout, pack_text
 from vlmo_fast.ops.relpos import table_rows
@@ -134,8 +135,11 @@ class VLMo(nn.Module):
         return [(0, Tt, TEXT_EXPERT), (Tt, T, IMAGE_EXPERT)]
 
     def _layer_inputs(self, layout: PackedLayout, route: str, layers: range) -> list[LayerInput]:
-        cfg = self.cfg
-        return [LayerInput(layout, self.relative_position_bias_table, cfg.window, cfg.max_text_len_of_initckpt,
+        """Per layer: the layout, its relative position bias (gathered once here, dense per slot pair) and its
+        expert row groups."""
+        cfg, table = self.cfg, self.relative_position_bias_table
+        index = None if table is None else slot_index(layout, cfg.window, cfg.max_text_len_of_initckpt, table.shape[0])
+        return [LayerInput(layout, None if table is None else layer_bias(table, i * cfg.num_heads, cfg.num_heads, index),
                            self._groups(layout, route, i)) for i in layers]
 
     def embed(self, layout: PackedLayout, text_ids: Tensor | None, images: Tensor | None,
