@@ -91,7 +91,7 @@ def attention_fwd(problem: Problem) -> tuple[Tensor, Tensor]:
     lse = problem.qkv.new_empty(T, H, dtype=torch.float32)
     if T and problem.num_pairs:
         bias = problem.bias if problem.bias is not None else problem.qkv.new_empty(1)  # never read without
-        launch(_fwd_kernel, problem, (problem.qkv, out, lse, bias), problem.num_pairs, "BLOCK_M")
+        launch(_fwd_kernel, problem, (problem.qkv, out, lse, bias), "BLOCK_M")
     return out, lse
 
 

@@ -174,7 +174,6 @@ def attention_bwd(problem: Problem, dout: Tensor, out: Tensor, lse: Tensor) -> t
     meta = problem.meta()
     _delta_kernel[(triton.cdiv(T, 32), H)](dout, out, delta, T, H, HEAD_DIM=dh, BLOCK_D=meta["BLOCK_D"], BLOCK_T=32)
     bias = problem.bias if has_bias else qkv.new_empty(1)  # never read without a bias
-    launch(_dkdv_kernel, problem, (qkv, dout, lse, delta, dqkv, bias, dbias, problem.num_pairs, G), G, "BLOCK_N",
-           per_pair=False)
-    launch(_dq_kernel, problem, (qkv, dout, lse, delta, dqkv, bias), problem.num_pairs, "BLOCK_M")
+    launch(_dkdv_kernel, problem, (qkv, dout, lse, delta, dqkv, bias, dbias, problem.num_pairs, G), "BLOCK_N", G)
+    launch(_dq_kernel, problem, (qkv, dout, lse, delta, dqkv, bias), "BLOCK_M")
     return dqkv, (dbias.sum(0) if has_bias else qkv.new_empty(0))

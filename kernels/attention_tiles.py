@@ -37,7 +37,8 @@ def _config(block_m: int, block_n: int, warps: int, stages: int) -> triton.Confi
 # FMA units, a test and reference path on GPUs) takes the last config only.
 QUERY_CONFIGS = [_config(*c) for c in ((128, 64, 8, 3), (128, 32, 8, 3), (64, 64, 4, 3), (64, 32, 4, 2))]
 # dk/dv: a program owns BLOCK_N key slots and walks BLOCK_M queries at a time (the owned block is the MMA's M).
-KEY_CONFIGS = [_config(*c) for c in ((32, 128, 8, 2), (64, 128, 8, 2), (32, 64, 4, 3), (64, 64, 4, 2))]
+KEY_CONFIGS = [_config(*c) for c in ((32, 128, 8, 2), (64, 128, 8, 2), (32, 64, 4, 3), (64, 64, 4, 2),
+                                     (16, 128, 8, 2), (16, 64, 4, 2))]
 # The interpreter's single tile: small, so that tests on tiny shapes cover several tiles per pair.
 INTERPRET_CONFIGS = [_config(16, 16, 1, 1)]
 
@@ -50,19 +51,25 @@ def key_configs() -> list[triton.Config]:
     return pick_configs(KEY_CONFIGS, INTERPRET_CONFIGS)
 
 
-def _half_fits(c: triton.Config, block: int, key_tiles: bool) -> bool:
-    """bf16/fp16 on sm_90, read from the resource table: registers bind for the widest head dims."""
-    if key_tiles:  # dk/dv: the walked query block sets the size of the transposed score tiles
-        return c.kwargs["BLOCK_M"] <= (64 if block <= 64 else 32)
-    return c.kwargs["BLOCK_N"] == 32 or block <= 64
+def _half_fits(c: triton.Config, block: int, has_bias: bool, key_tiles: bool) -> bool:
+    """bf16/fp16 on sm_90, read from the resource table.  Forward and dq fit everywhere (at most 162 registers).
+    dk/dv keeps two (BLOCK_N, BLOCK_D) accumulators, and with a bias the bias tile and its gradient's partial
+    sum: the walked query block is what must stay small (64 spills with a bias, and at head dim 128)."""
+    if not key_tiles:
+        return True
+    walked = c.kwargs["BLOCK_M"]
+    if block > 64:  # 16 x 64 on 4 warps spills 92 B with a bias
+        return walked <= 16 and (c.num_warps == 8 or not has_bias)
+    return walked <= (32 if has_bias else 64)
 
 
 def _prune(configs: list[triton.Config], named_args: dict, key_tiles: bool, **kwargs) -> list[triton.Config]:
     block = kwargs.get("BLOCK_D", named_args.get("BLOCK_D", 64))
+    has_bias = kwargs.get("HAS_BIAS", named_args.get("HAS_BIAS", True))
     qkv = named_args.get("QKV")
     if len(configs) == 1 or qkv is None or qkv.dtype == torch.float32:
         return configs[-1:]
-    kept = [c for c in configs if _half_fits(c, block, key_tiles)]
+    kept = [c for c in configs if _half_fits(c, block, has_bias, key_tiles)]
     return kept or configs[-1:]
 
 
@@ -179,11 +186,11 @@ class Problem:
         return dict(HEAD_DIM=dh, BLOCK_D=block_d(dh), HAS_BIAS=self.bias is not None)
 
 
-def launch(kernel, problem: Problem, own: tuple, tiles, block: str, per_pair: bool = True) -> None:
-    """kernel[grid](*own, *shared args): grid (P * cdiv(M, meta[block]), H), or with per_pair=False
-    (`tiles` chunks of pairs) (tiles * cdiv(M, meta[block]), H)."""
+def launch(kernel, problem: Problem, own: tuple, block: str, groups: int | None = None) -> None:
+    """kernel[grid](*own, *problem.shared_args(), **problem.meta()), grid (groups * cdiv(M, meta[block]), H):
+    `groups` is the pairs (one program row per pair, the default) or the chunks of pairs of the dk/dv kernel."""
     H, M = problem.qkv.shape[2], problem.num_slots
-    count = problem.num_pairs if per_pair else tiles
+    count = problem.num_pairs if groups is None else groups
 
     def grid(meta):
         return (count * triton.cdiv(M, meta[block]), H)
