@@ -138,8 +138,10 @@ class VLMo(nn.Module):
         """Per layer: the layout, its relative position bias (gathered once here, dense per slot pair) and its
         expert row groups."""
         cfg, table = self.cfg, self.relative_position_bias_table
-        index = None if table is None else slot_index(layout, cfg.window, cfg.max_text_len_of_initckpt, table.shape[0])
-        return [LayerInput(layout, None if table is None else layer_bias(table, i * cfg.num_heads, cfg.num_heads, index),
+        if table is None:
+            return [LayerInput(layout, None, self._groups(layout, route, i)) for i in layers]
+        index = slot_index(layout, cfg.window, cfg.max_text_len_of_initckpt, table.shape[0])
+        return [LayerInput(layout, layer_bias(table, i * cfg.num_heads, cfg.num_heads, index),
                            self._groups(layout, route, i)) for i in layers]
 
     def embed(self, layout: PackedLayout, text_ids: Tensor | None, images: Tensor | None,
