@@ -82,8 +82,10 @@ def assert_rule(name: str, got: torch.Tensor, same: torch.Tensor, truth: torch.T
     assert err <= bound, f"{name}: error {err:.3g} > bound {bound:.3g} (same-dtype reference error {ref_err:.3g})"
 
 
-def check_attention(text_lens, image_len, text_q_len, head_dim, dtype, bias, window=2, l0=8, heads=2, seed=0):
-    layout, qkv, table, dout = attention_inputs(text_lens, image_len, text_q_len, heads, head_dim, window, l0, bias, seed)
+def check_attention(text_lens, image_len, text_q_len, head_dim, dtype, bias, window=2, l0=8, heads=2, seed=0,
+                    device="cpu"):
+    layout, qkv, table, dout = attention_inputs(text_lens, image_len, text_q_len, heads, head_dim, window, l0, bias, seed,
+                                                device)
     col = heads  # the middle layer's columns
     truth = run_attention(packed_attention_ref, layout, qkv, table, dout, torch.float64, col, window, l0)
     same = run_attention(packed_attention_ref, layout, qkv, table, dout, dtype, col, window, l0)
