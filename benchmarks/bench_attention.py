@@ -1,10 +1,12 @@
 """Packed attention with the relative-position bias: forward and forward+backward, TFLOP/s of useful work.
 
-Providers: `reference` (kernels/attention.py, dense per pair in torch), `official` (the official
+Providers: `reference` (vlmo_fast/ops/attention_ref.py, dense per pair in torch), `official` (the official
 computation: text padded to 40, fp32 logits, a materialised (H, N, N) bias and key mask, softmax, as in spec 1.3),
 `sdpa_nobias` (torch SDPA on the dense per-pair form without bias or mask: a speed ceiling), `flex`
 (FlexAttention, compiled, with the bias as score_mod and the key mask as a block mask; CUDA only, see below) and
 `ours` (vlmo_fast.ops.attention.packed_attention: the Triton kernel on CUDA, its dense SDPA path on the CPU).
+`ours`, `reference` and `flex` gather the layer's dense bias from the table inside the timed call (and fold its
+gradient back), as a training step does once per layer.
 Work counted for every provider is that of the real tokens (4 * H * dh * sum_p Nq_p * Nk_p forward, 3.5x
 that forward+backward), so TFLOP/s ratios are speed ratios.  CPU: fp32, batch 8, 224 px only; CUDA: bf16,
 batch 64, also 384 and 480 px.
@@ -19,8 +21,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vlmo_fast.kernels.attention import dense_bias_and_mask, dense_slots, packed_attention_ref
 from vlmo_fast.ops.attention import packed_attention
+from vlmo_fast.ops.attention_bias import layer_bias, slot_index
+from vlmo_fast.ops.attention_ref import dense_key_mask, dense_slots, packed_attention_ref
 from vlmo_fast.ops.packing import make_layout_ref
 from vlmo_fast.ops.relpos import segment_index, table_rows
 
@@ -85,17 +88,21 @@ def _padded(layout, lens, qkv, shape):
 def _provider(name: str, shape: Shape, layout, lens, qkv, table):
     """(fn(qkv, table) -> output, inputs) for one provider."""
     scale = shape.head_dim ** -0.5
-    args = (layout, table, 0, shape.window, TEXT_PAD, scale)
+    index = slot_index(layout, shape.window, TEXT_PAD, table_rows(shape.window, TEXT_PAD))
+
+    def bias_of(t):
+        return None if t is None else layer_bias(t, 0, shape.heads, index)
+
     if name == "ours":
-        return lambda x, t: packed_attention(x[:, 0], x[:, 1], x[:, 2], layout, t, 0, shape.window, TEXT_PAD, scale)
+        return lambda x, t: packed_attention(x[:, 0], x[:, 1], x[:, 2], layout, bias_of(t), scale)
     if name == "reference":
-        return lambda x, t: packed_attention_ref(x[:, 0], x[:, 1], x[:, 2], *((layout, t) + args[2:]))
+        return lambda x, t: packed_attention_ref(x[:, 0], x[:, 1], x[:, 2], layout, bias_of(t), scale)
     if name == "official":
         padded, key_mask = _padded(layout, lens, qkv, shape)
-        index = segment_index(TEXT_PAD, layout.max_image, shape.window, TEXT_PAD, DEVICE)
+        padded_index = segment_index(TEXT_PAD, layout.max_image, shape.window, TEXT_PAD, DEVICE)
 
         def official(x, t):  # x is the padded (B, N, 3, H, dh) tensor here
-            bias = t[index].permute(2, 0, 1).float() if t is not None else None
+            bias = t[padded_index].permute(2, 0, 1).float() if t is not None else None
             return _official(x[:, :, 0], x[:, :, 1], x[:, :, 2], key_mask, bias, scale)
 
         return official, padded
@@ -112,14 +119,13 @@ def _provider(name: str, shape: Shape, layout, lens, qkv, table):
         if not CUDA:
             pytest.skip("FlexAttention compiles through inductor: minutes on this 2-core CPU; measured on CUDA")
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-        _, valid = dense_bias_and_mask(layout, None, 0, shape.heads, shape.window, TEXT_PAD)
-        valid = valid[:, 0, 0]  # (P, M)
+        valid = dense_key_mask(layout)[:, 0, 0]  # (P, M)
         block_mask = create_block_mask(lambda b, h, q_idx, kv_idx: valid[b, kv_idx], layout.num_pairs, None, M, M,
                                        device=DEVICE)
         flex = torch.compile(flex_attention, fullgraph=True)
 
         def run(x, t):
-            bias, _ = dense_bias_and_mask(layout, t, 0, shape.heads, shape.window, TEXT_PAD)
+            bias = None if t is None else bias_of(t).dense
 
             def score_mod(score, b, h, q_idx, kv_idx):
                 return score + bias[h, q_idx, kv_idx] if bias is not None else score

@@ -75,25 +75,27 @@ def _kernel_objects(module) -> list:
             and jit_fn(v).fn.__module__ == module.__name__]
 
 
-def _attention_launches(dtype, head_dim: int, with_bias: bool) -> list[Launch]:
-    """Forward and backward of packed attention at VLMo-base shapes (32 pairs, captions of 40, 224 px)."""
+def _attention_launches(dtype, head_dim: int, with_bias: bool, image_len: int = 197) -> list[Launch]:
+    """Forward and backward of packed attention at VLMo-base shapes (32 pairs, captions of 40, 224 px), the head
+    dim stored at its aligned width as vlmo_fast/ops stores it (34 -> 64 columns, 34 real)."""
     import torch
 
     from . import attention, attention_bwd
-    from .relpos import table_rows
+    from .attention_tiles import Problem, block_d
 
-    P, Lt, Li, window, l0 = 32, 40, 197, 14, 40
+    P, Lt = 32, 40
     H = 16 if head_dim == 34 else 12
-    T = P * (Lt + Li)
+    T = P * (Lt + image_len)
     meta = dict(device="meta", dtype=dtype)
-    qkv = torch.empty(T, 3, H, head_dim, **meta)
-    q, k, v = qkv.unbind(1)
+    qkv = torch.empty(T, 3, H, block_d(head_dim), **meta)
     seg = (torch.arange(P, dtype=torch.int32, device="meta"),) * 5
-    table = torch.empty(table_rows(window, l0), H, device="meta", dtype=torch.float32) if with_bias else None
+    M = Lt + image_len
+    bias = torch.empty(H, M, M, **meta) if with_bias else None
+    problem = Problem(qkv, seg, Lt, image_len, bias, head_dim ** -0.5)
     kernels = _kernel_objects(attention) + _kernel_objects(attention_bwd)
     with captured(kernels) as launches:
-        out, lse = attention.attention_fwd(q, k, v, seg, table, Lt, Li, window, l0, head_dim ** -0.5)
-        attention_bwd.attention_bwd(out, q, k, v, out, lse, seg, table, Lt, Li, window, l0, head_dim ** -0.5)
+        out, lse = attention.attention_fwd(problem)
+        attention_bwd.attention_bwd(problem, out, out, lse)
     return launches
 
 
@@ -174,7 +176,8 @@ def _records(launch: Launch, dtype_name: str, head_dim: int | None, seen: set, o
 
     kernel = launch.kernel
     fn = kernel.fn if isinstance(kernel, triton.runtime.Autotuner) else kernel
-    if only not in fn.__name__:
+    name = f"{fn.__module__.rsplit('.', 1)[-1]}.{fn.__name__}"
+    if only not in name:
         return []
     bound = dict(zip(fn.arg_names, launch.args)) | launch.kwargs
     variant = ",".join(f"{k}={v}" for k, v in launch.kwargs.items() if k not in ("HEAD_DIM", "BLOCK_D"))
@@ -187,7 +190,6 @@ def _records(launch: Launch, dtype_name: str, head_dim: int | None, seen: set, o
         choices = [(triton.Config({}, num_warps=num_warps, num_stages=bound.pop("num_stages", 3)), True)]
     out = []
     for cfg, kept in choices:
-        name = f"{fn.__module__.rsplit('.', 1)[-1]}.{fn.__name__}"
         key = (name, variant, str(cfg), dtype_name, head_dim)
         if key in seen:
             continue
@@ -262,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", required=True, help="where the JSON list of records goes")
     parser.add_argument("--markdown", help="also write the table as markdown here")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="compiling processes")
-    parser.add_argument("--only", default="", help="only the kernels whose name contains this")
+    parser.add_argument("--only", default="", help="only the kernels whose module.name contains this")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0") == "1" or "vlmo_fast.kernels.attention" in sys.modules:
         parser.error("compile in a fresh process without TRITON_INTERPRET=1 (interpreted kernels cannot compile)")

@@ -1,4 +1,4 @@
-"""`vlmo-fast bench step` (`bench data`: vlmo_fast/bench_data.py): throughput of a full stage-3 training step (ITC + ITM with hard negatives + MLM,
+"""`vlmo-fast bench step` (`bench data`: vlmo_fast/bench_data.py; `bench tiles`: vlmo_fast/bench_tiles.py): throughput of a full stage-3 training step (ITC + ITM with hard negatives + MLM,
 forward, backward, optimizer, train mode) of vlmo-fast's default path against an in-project baseline that computes
 the way the official code does: text padded to --text-len, fp32 attention logits with a materialised bias (the
 reference kernels), separate passes through the official objectives, per-sample negative sampling, an AdamW that
@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from vlmo_fast.bench_tiles import add_tiles_bench_parser
 from vlmo_fast.compat import VLMo as CompatVLMo
 from vlmo_fast.compat import objectives as official
 from vlmo_fast.config import ModelConfig, preset
@@ -103,6 +104,9 @@ def measure(impls: dict, steps: int, warmup: int, device) -> dict[str, list[floa
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    if args.what == "tiles":
+        from vlmo_fast.bench_tiles import run_tiles_bench
+        return run_tiles_bench(args)
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.preset:
         cfg = preset(args.preset, image_size=args.image, max_text_len=args.text_len, drop_path_rate=0.1)
@@ -183,4 +187,5 @@ def add_bench_parser(subparsers):
     q.add_argument("--impl", action="append", choices=("vlmo_fast", "official_style", "vlmo_fast_fp32"),
                    help="run only these")
     q.add_argument("--seed", type=int, default=0)
+    add_tiles_bench_parser(sub)
     return p, sub

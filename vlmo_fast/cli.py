@@ -10,6 +10,7 @@
     vlmo-fast predict {vqa,embed,retrieve} ...            inference on image files and texts
     vlmo-fast bench step [--dim ...]                      train-step throughput vs the official-style baseline
     vlmo-fast bench data [--sizes 224 384 480]            images/s of each decoding path from tar shards
+    vlmo-fast bench tiles --image N [--batch B]           fraction of the attention tile work that is real
     vlmo-fast plot LOG_DIR                                loss curves of a run to LOG_DIR/loss.png
     vlmo-fast pretrained                                  the official weights by name (load_path=NAME works)
     vlmo-fast download NAME ...                           fetch official weights into the cache, print the paths

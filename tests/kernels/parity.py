@@ -6,10 +6,14 @@ output and every gradient.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
-from vlmo_fast.kernels.attention import packed_attention_ref, packed_attention_triton
 from vlmo_fast.kernels.expert_ffn import expert_ffn_ref, expert_ffn_triton
+from vlmo_fast.ops.attention import packed_attention_qkv
+from vlmo_fast.ops.attention_bias import layer_bias, slot_index
+from vlmo_fast.ops.attention_ref import packed_attention_ref
 from vlmo_fast.ops.packing import make_layout_ref
 from vlmo_fast.ops.relpos import table_rows
 
@@ -30,14 +34,44 @@ def attention_inputs(text_lens: list[int], image_len: int, text_q_len: int | Non
     return layout, qkv, table, dout
 
 
+def packed_attention_kernel(q, k, v, layout, bias, scale):
+    """The Triton kernel through its op-level entry (one (T, 3, H, dh) tensor), q, k, v given apart."""
+    return packed_attention_qkv(torch.stack([q, k, v], 1), layout, bias, scale)
+
+
 def run_attention(fn, layout, qkv, table, dout, dtype, col, window, l0, scale=None):
-    """Output and the gradients (dq, dk, dv, dtable) of fn on qkv/table cast to dtype, all as fp64."""
+    """Output and the gradients (dq, dk, dv, dtable) of fn(q, k, v, layout, bias, scale) on qkv/table cast to
+    dtype, the bias gathered from the table's columns [col, col + H), all as fp64."""
     x = qkv.detach().to(dtype).requires_grad_()
     tab = table.detach().to(dtype).requires_grad_() if table is not None else None
-    out = fn(x[:, 0], x[:, 1], x[:, 2], layout, tab, col, window, l0, scale)
+    bias = None
+    if tab is not None:
+        bias = layer_bias(tab, col, qkv.shape[2], slot_index(layout, window, l0, tab.shape[0]))
+    scale = qkv.shape[-1] ** -0.5 if scale is None else scale
+    out = fn(x[:, 0], x[:, 1], x[:, 2], layout, bias, scale)
     out.backward(dout.to(dtype))
     grads = [x.grad[:, i] for i in range(3)] + ([tab.grad] if tab is not None else [])
     return [t.detach().double() for t in [out] + grads]
+
+
+@contextlib.contextmanager
+def interpreter_tiles(block_m: int, block_n: int):
+    """Every attention autotuner holds one (block_m, block_n) config inside the block."""
+    import triton
+
+    from vlmo_fast.kernels import attention, attention_bwd
+
+    tuners = (attention._fwd_kernel, attention_bwd._dq_kernel, attention_bwd._dkdv_kernel)
+    saved = [t.configs for t in tuners]
+    for t in tuners:
+        t.configs = [triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=4, num_stages=1)]
+        t.cache.clear()
+    try:
+        yield
+    finally:
+        for t, configs in zip(tuners, saved):
+            t.configs = configs
+            t.cache.clear()
 
 
 def assert_rule(name: str, got: torch.Tensor, same: torch.Tensor, truth: torch.Tensor, dtype: torch.dtype):
@@ -48,12 +82,14 @@ def assert_rule(name: str, got: torch.Tensor, same: torch.Tensor, truth: torch.T
     assert err <= bound, f"{name}: error {err:.3g} > bound {bound:.3g} (same-dtype reference error {ref_err:.3g})"
 
 
-def check_attention(text_lens, image_len, text_q_len, head_dim, dtype, bias, window=2, l0=8, heads=2, seed=0):
-    layout, qkv, table, dout = attention_inputs(text_lens, image_len, text_q_len, heads, head_dim, window, l0, bias, seed)
+def check_attention(text_lens, image_len, text_q_len, head_dim, dtype, bias, window=2, l0=8, heads=2, seed=0,
+                    device="cpu"):
+    layout, qkv, table, dout = attention_inputs(text_lens, image_len, text_q_len, heads, head_dim, window, l0, bias, seed,
+                                                device)
     col = heads  # the middle layer's columns
     truth = run_attention(packed_attention_ref, layout, qkv, table, dout, torch.float64, col, window, l0)
     same = run_attention(packed_attention_ref, layout, qkv, table, dout, dtype, col, window, l0)
-    got = run_attention(packed_attention_triton, layout, qkv, table, dout, dtype, col, window, l0)
+    got = run_attention(packed_attention_kernel, layout, qkv, table, dout, dtype, col, window, l0)
     for name, g, s, t in zip(["out", "dq", "dk", "dv", "dtable"], got, same, truth):
         assert torch.isfinite(g).all(), name
         assert_rule(name, g, s, t, dtype)

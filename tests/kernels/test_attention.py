@@ -12,9 +12,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.kernels.parity import assert_rule, attention_inputs, check_attention, run_attention
-from vlmo_fast.kernels.attention import packed_attention_ref, packed_attention_triton
-from vlmo_fast.ops.attention import packed_attention, packed_attention_sdpa
+from tests.kernels.parity import (assert_rule, attention_inputs, check_attention, interpreter_tiles,
+                                  packed_attention_kernel, run_attention)
+from vlmo_fast.ops.attention import packed_attention, packed_attention_qkv, packed_attention_sdpa
+from vlmo_fast.ops.attention_bias import layer_bias, slot_index
+from vlmo_fast.ops.attention_ref import packed_attention_ref
 from vlmo_fast.ops.relpos import table_rows
 
 @pytest.mark.parametrize("head_dim", [16, 24, 34, 64])
@@ -61,15 +63,19 @@ def test_cpu_paths_equal_reference(monkeypatch, fn):
             assert (g - r).abs().max() <= tol, f"tensor {i}"
 
 
+def _bias(layout, table, col, heads, window, l0):
+    return layer_bias(table, col, heads, slot_index(layout, window, l0, table.shape[0]))
+
+
 def test_dispatch_respects_env(monkeypatch):
     """VLMO_FAST_KERNELS=triton runs the kernel on the CPU; =ref the reference (bit-equal to calling it)."""
     layout, qkv, table, _ = attention_inputs([2, 4], 5, None, 2, 16, 2, 8, True, seed=7)
     q, k, v = qkv.float().unbind(1)
-    args = (layout, table.float(), 2, 2, 8, 0.25)
+    args = (layout, _bias(layout, table.float(), 2, 2, 2, 8), 0.25)
     monkeypatch.setenv("VLMO_FAST_KERNELS", "ref")
     assert torch.equal(packed_attention(q, k, v, *args), packed_attention_ref(q, k, v, *args))
     monkeypatch.setenv("VLMO_FAST_KERNELS", "triton")
-    assert torch.equal(packed_attention(q, k, v, *args), packed_attention_triton(q, k, v, *args))
+    assert torch.equal(packed_attention(q, k, v, *args), packed_attention_kernel(q, k, v, *args))
 
 
 @pytest.mark.parametrize("kernels", ["auto", "triton"])
@@ -87,35 +93,37 @@ def test_compile_fullgraph(monkeypatch, kernels):
 
 def test_opcheck():
     """Schema, fake tensor and autograd registration of the custom ops (torch.library.opcheck)."""
+    import vlmo_fast.kernels.attention  # noqa: F401  registers the ops
+
     layout, qkv, table, dout = attention_inputs([2, 3], 2, None, 1, 16, 1, 4, True, seed=9)
-    q, k, v = qkv.float().unbind(1)
+    x = qkv.float().requires_grad_()
     seg = (layout.text_start, layout.text_q_len, layout.text_k_len, layout.image_start, layout.image_len)
-    tab = table.float()[:, 1:2].requires_grad_()
-    q.requires_grad_()
-    args = (q, k, v, *seg, tab, layout.max_text_q, layout.max_image, 1, 4, 0.25)
+    bias = _bias(layout, table.float(), 1, 1, 1, 4).dense.detach().requires_grad_()
+    args = (x, *seg, bias, layout.max_text_q, layout.max_image, 0.25)
     torch.library.opcheck(torch.ops.vlmo_fast.packed_attention_fwd.default, args)
     out, lse = torch.ops.vlmo_fast.packed_attention_fwd(*args)
-    bwd_args = (dout.float(), q.detach(), k, v, out.detach(), lse, *seg, tab.detach(), *args[-5:])
+    bwd_args = (dout.float(), x.detach(), out.detach(), lse, *seg, bias.detach(), *args[-3:])
     torch.library.opcheck(torch.ops.vlmo_fast.packed_attention_bwd.default, bwd_args,
                           test_utils=("test_schema", "test_faketensor"))
 
 
-def test_badattention_inputs():
+def test_bad_attention_inputs():
     layout, qkv, table, _ = attention_inputs([2, 3], 5, None, 2, 16, 2, 8, True)
     q, k, v = qkv.float().unbind(1)
     t = table.float()
+    bias = _bias(layout, t, 0, 2, 2, 8)
     with pytest.raises(ValueError, match="share one"):
-        packed_attention_triton(q, k[:, :1], v, layout, t, 0, 2, 8)
+        packed_attention(q, k[:, :1], v, layout, bias, 0.25)
     with pytest.raises(ValueError, match="no columns"):
-        packed_attention_triton(q, k, v, layout, t, 5, 2, 8)
+        _bias(layout, t, 5, 2, 2, 8)
     with pytest.raises(ValueError, match="rows"):
-        packed_attention_triton(q, k, v, layout, t, 0, 3, 8)
+        layer_bias(t, 0, 2, slot_index(layout, 3, 8, table_rows(3, 8)))
     with pytest.raises(ValueError, match="exceed"):
-        packed_attention_triton(q, k, v, layout, t[:table_rows(2, 2)], 0, 2, 2)
-    with pytest.raises(ValueError, match="fp32"):
-        packed_attention_triton(q, k, v, layout, t, 0, 2, 8, upcast=False)
+        slot_index(layout, 2, 2, table_rows(2, 2))
+    with pytest.raises(ValueError, match="does not fit"):
+        packed_attention_qkv(qkv.float(), layout, _bias(layout, t, 0, 1, 2, 8), 0.25)
     with pytest.raises(ValueError, match="layout"):
-        packed_attention_triton(q[:-1], k[:-1], v[:-1], layout, t, 0, 2, 8)
+        packed_attention_qkv(qkv.float()[:-1], layout, bias, 0.25)
 
 
 @pytest.mark.gpu
@@ -125,6 +133,45 @@ def test_kernel_bf16_cuda(head_dim):
     layout, qkv, table, dout = attention_inputs(list(range(8, 21, 2)), 197, 40, 4, head_dim, 14, 40, True, device="cuda")
     truth = run_attention(packed_attention_ref, layout, qkv, table, dout, torch.float64, 4, 14, 40)
     same = run_attention(packed_attention_ref, layout, qkv, table, dout, torch.bfloat16, 4, 14, 40)
-    got = run_attention(packed_attention_triton, layout, qkv, table, dout, torch.bfloat16, 4, 14, 40)
+    got = run_attention(packed_attention_kernel, layout, qkv, table, dout, torch.bfloat16, 4, 14, 40)
     for name, g, s, t in zip(["out", "dq", "dk", "dv", "dtable"], got, same, truth):
         assert_rule(name, g, s, t, torch.bfloat16)
+
+
+@pytest.mark.parametrize("head_dim", [96, 128])
+def test_kernel_wide_heads(head_dim):
+    """The widest head dims (96 padded to 128 in registers), fused layout with padded text, fp32."""
+    check_attention([3, 5], 5, 6, head_dim, torch.float32, bias=True, heads=1, seed=14)
+
+
+def test_kernel_480px_like():
+    """A 480 px pair: 901 image rows (30 x 30 patches + [CLS]) beside a caption of 8 tokens, one head, with the
+    GPU configs' 64 x 64 tiles (the interpreter's 16 x 16 would take minutes)."""
+    with interpreter_tiles(64, 64):
+        check_attention([8], 901, None, 16, torch.float32, bias=True, window=30, l0=40, heads=1, seed=15)
+
+
+def test_bias_gradient_bitwise_reproducible():
+    """Two backward passes give bit-identical table gradients (no atomics: per-chunk partial sums in a fixed
+    pair order, then a fixed-order segment sum into the table), and the fold equals index_add's sum."""
+    layout, qkv, table, dout = attention_inputs([3, 7, 2, 6, 5], 10, None, 2, 16, 3, 8, True, seed=16)
+    first = run_attention(packed_attention_kernel, layout, qkv, table, dout, torch.float32, 2, 3, 8)
+    second = run_attention(packed_attention_kernel, layout, qkv, table, dout, torch.float32, 2, 3, 8)
+    assert torch.equal(first[4], second[4]) and torch.equal(first[1], second[1])
+    index = slot_index(layout, 3, 8, table.shape[0])
+    tab = table.clone().requires_grad_()
+    grad = torch.randn(2, index.num_slots, index.num_slots, dtype=torch.float64)
+    layer_bias(tab, 2, 2, index).dense.backward(grad)
+    want = torch.zeros_like(table)
+    want[:, 2:4].index_add_(0, index.rows, grad.reshape(2, -1).t())
+    torch.testing.assert_close(tab.grad, want, rtol=1e-12, atol=1e-12)
+
+
+def test_bias_follows_autocast(monkeypatch):
+    """The kernels load the bias in their operand dtype (autocast's); the CPU roads keep the table's fp32."""
+    layout, _, table, _ = attention_inputs([2, 4], 5, None, 2, 16, 2, 8, True, seed=17)
+    index = slot_index(layout, 2, 8, table.shape[0])
+    for kernels, want in (("triton", torch.bfloat16), ("auto", torch.float32)):
+        monkeypatch.setenv("VLMO_FAST_KERNELS", kernels)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert layer_bias(table.float(), 0, 2, index).dense.dtype == want, kernels

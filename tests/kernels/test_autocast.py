@@ -22,15 +22,20 @@ def _record(monkeypatch) -> list[tuple[str, tuple[torch.dtype, ...]]]:
         real = getattr(module, name)
 
         def recording(*args, **kwargs):
-            tensors = [t for i in operands for t in (args[i] if isinstance(args[i], list) else [args[i]])]
-            seen.append((name, tuple(t.dtype for t in tensors)))
+            seen.append((name, operands(args)))
             return real(*args, **kwargs)
         monkeypatch.setattr(module, name, recording)
 
-    wrap(attention, "attention_fwd", (0, 1, 2))      # q, k, v
-    wrap(attention, "attention_bwd", (0, 1, 2, 3))   # dout, q, k, v
-    wrap(expert_ffn, "grouped_rows_gemm", (0, 1))    # A and every expert's B of the row GEMMs
-    wrap(expert_ffn, "grouped_weight_grad", (0, 1))  # both operands of the weight-gradient GEMMs
+    def problem(p):  # qkv and the dense bias tiles loaded beside K/V
+        return (p.qkv.dtype,) + (() if p.bias is None else (p.bias.dtype,))
+
+    def tensors(*values):  # the dtypes of tensors and of every tensor in a list (each expert's weight)
+        return tuple(t.dtype for v in values for t in (v if isinstance(v, list) else [v]))
+
+    wrap(attention, "attention_fwd", lambda a: problem(a[0]))
+    wrap(attention, "attention_bwd", lambda a: problem(a[0]) + (a[1].dtype,))  # problem, dout
+    wrap(expert_ffn, "grouped_rows_gemm", lambda a: tensors(a[0], a[1]))  # A and every expert's B of the row GEMMs
+    wrap(expert_ffn, "grouped_weight_grad", lambda a: tensors(a[0], a[1]))  # both operands of the weight gradients
     return seen
 
 

@@ -7,18 +7,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vlmo_fast.kernels.attention import packed_attention_ref
+from vlmo_fast.ops.attention_bias import layer_bias, slot_index
+from vlmo_fast.ops.attention_ref import packed_attention_ref
 from vlmo_fast.ops.packing import make_layout_ref
 from vlmo_fast.ops.relpos import table_rows
 from vlmo_fast.ops.self_attention import dense_self_attention, self_attention
 
-H, DH, WINDOW, L0 = 2, 8, 2, 8
+H, DH, WINDOW, L0 = 2, 8, 3, 10
+
+
+def layer(layout, table):
+    return None if table is None else layer_bias(table, H, H, slot_index(layout, WINDOW, L0, table.shape[0]))
 
 
 def reference(x, weight, bias, layout, table, rows):
     T, D = x.shape
     qkv = F.linear(x, weight, bias).view(T, 3, H, DH)
-    out = packed_attention_ref(qkv[:, 0], qkv[:, 1], qkv[:, 2], layout, table, H, WINDOW, L0, DH ** -0.5)
+    out = packed_attention_ref(qkv[:, 0], qkv[:, 1], qkv[:, 2], layout, layer(layout, table), DH ** -0.5)
     out = out.reshape(T, D)
     return out if rows is None else out[rows]
 
@@ -37,7 +42,7 @@ def run(fn, layout, rows, with_bias: bool, seed: int = 0):
 
 
 def dense(x, weight, bias, layout, table, rows):
-    return dense_self_attention(x, weight, bias, H, layout, table, H, WINDOW, L0, DH ** -0.5, rows)
+    return dense_self_attention(x, weight, bias, H, layout, layer(layout, table), DH ** -0.5, rows)
 
 
 @pytest.mark.parametrize("text_lens,image_len,text_q_len,rows", [
@@ -63,10 +68,10 @@ def test_dispatch_takes_the_dense_road_only_for_cpu_training(monkeypatch):
     called = []
     import vlmo_fast.ops.self_attention as mod
     monkeypatch.setattr(mod, "dense_self_attention", lambda *a, **k: called.append(1) or torch.zeros(()))
-    self_attention(x, weight, None, H, layout, None, 0, WINDOW, L0, 0.25)
+    self_attention(x, weight, None, H, layout, None, 0.25)
     assert called == [1]
     with torch.no_grad():
-        self_attention(x, weight, None, H, layout, None, 0, WINDOW, L0, 0.25)
+        self_attention(x, weight, None, H, layout, None, 0.25)
     monkeypatch.setenv("VLMO_FAST_KERNELS", "ref")
-    self_attention(x, weight, None, H, layout, None, 0, WINDOW, L0, 0.25)
+    self_attention(x, weight, None, H, layout, None, 0.25)
     assert called == [1]

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vlmo_fast.config import ModelConfig
+from vlmo_fast.ops.attention_bias import AttentionBias
 from vlmo_fast.ops.expert_ffn import expert_ffn
 from vlmo_fast.ops.layout import PackedLayout
 from vlmo_fast.ops.self_attention import self_attention
@@ -18,13 +19,11 @@ TEXT_EXPERT, IMAGE_EXPERT, VL_EXPERT = 0, 1, 2
 
 @dataclass(frozen=True)
 class LayerInput:
-    """What a block needs besides x: the layout, the relative-position table (or None) and the expert of each
-    row group (start, end, expert)."""
+    """What a block needs besides x: the layout, the layer's relative position bias (or None) and the expert of
+    each row group (start, end, expert)."""
 
     layout: PackedLayout
-    table: Tensor | None
-    window: int
-    l0: int
+    bias: AttentionBias | None
     groups: list[tuple[int, int, int]]
     drop_path: Tensor | None = None  # (3, P) uniform draws of this layer's stochastic depth (None: none applies)
 
@@ -55,13 +54,12 @@ class Attention(nn.Module):
             self.q_bias = self.v_bias = None
         self.proj = nn.Linear(D, D)
 
-    def forward(self, x: Tensor, inp: LayerInput, layer: int, rows: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, inp: LayerInput, rows: Tensor | None = None) -> Tensor:
         """x (T, D) packed rows -> (T, D), or only the output rows `rows` (every row is still a key)."""
         bias = None
         if self.q_bias is not None:
             bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias])
-        out = self_attention(x, self.qkv.weight, bias, self.num_heads, inp.layout, inp.table, layer * self.num_heads,
-                             inp.window, inp.l0, self.scale, rows)
+        out = self_attention(x, self.qkv.weight, bias, self.num_heads, inp.layout, inp.bias, self.scale, rows)
         return self.proj(out)
 
 
@@ -120,8 +118,7 @@ class Block(nn.Module):
         if out_rows is not None and len(inp.groups) != 1:
             out_rows = None  # a split layer would need per-group row counts; compute every row, then pick
         rows = slice(None) if out_rows is None else out_rows
-        h = self.attn(F.layer_norm(x, (x.shape[-1],), self.norm1.weight, self.norm1.bias, self.eps), inp,
-                      self.layer, out_rows)
+        h = self.attn(F.layer_norm(x, (x.shape[-1],), self.norm1.weight, self.norm1.bias, self.eps), inp, out_rows)
         if self.gamma_1 is not None:
             h = self.gamma_1 * h
         r1, r2 = self._row_scales(inp, x)

@@ -12,11 +12,12 @@ import torch
 from torch import Tensor, nn
 
 from vlmo_fast.config import ModelConfig
+from vlmo_fast.ops.attention_bias import layer_bias, slot_index
 from vlmo_fast.ops.layout import PackedLayout
 from vlmo_fast.ops.packing import make_layout, pack_text
 from vlmo_fast.ops.relpos import table_rows
-from .draws import PassDraws, draw_pass
 from .block import IMAGE_EXPERT, TEXT_EXPERT, VL_EXPERT, LayerInput
+from .draws import PassDraws, draw_pass
 from .embeddings import TextEmbeddings
 from .heads import ITCHead, ITMHead, MLMHead, Pooler, classifier
 from .transformer import MultiWayTransformer
@@ -171,8 +172,11 @@ class VLMo(nn.Module):
 
     def _layer_inputs(self, layout: PackedLayout, route: Route, layers: range,
                       draws: Tensor | None = None) -> list[LayerInput]:
-        cfg = self.cfg
-        return [LayerInput(layout, self.relative_position_bias_table, cfg.window, cfg.max_text_len_of_initckpt,
+        """Per layer: the layout, its relative position bias (gathered once here, dense per slot pair), its expert
+        row groups and its stochastic-depth draws."""
+        cfg, table = self.cfg, self.relative_position_bias_table
+        index = None if table is None else slot_index(layout, cfg.window, cfg.max_text_len_of_initckpt, table.shape[0])
+        return [LayerInput(layout, None if index is None else layer_bias(table, i * cfg.num_heads, cfg.num_heads, index),
                            self._groups(layout, route, i), None if draws is None else draws[i]) for i in layers]
 
     def embed(self, layout: PackedLayout, text_ids: Tensor | None, images: Tensor | None,

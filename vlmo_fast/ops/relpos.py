@@ -1,5 +1,58 @@
-"""The relative-position rule of VLMo (spec 1.4), defined beside the attention kernels that compute it on the fly
-(kernels/relpos.py); the model and the checkpoint converters read it through here."""
-from vlmo_fast.kernels.relpos import IMAGE, TEXT, num_image_rows, relpos_index, segment_index, table_rows
+"""The relative-position rule of VLMo (spec 1.4): which row of the bias table a (query, key) pair reads.
 
-__all__ = ["IMAGE", "TEXT", "num_image_rows", "relpos_index", "segment_index", "table_rows"]
+One table (R, H * depth) serves every layer (layer l reads columns [l*H, (l+1)*H)).  The row depends only on
+the modality and the in-segment position of the query and of the key, so the layer's bias is gathered once per step
+into a dense (H, M, M) tile source (vlmo_fast/ops/attention_bias.py) that the attention kernels load.
+"""
+from __future__ import annotations
+
+from torch import Tensor
+import torch
+
+TEXT, IMAGE = 0, 1
+
+
+def num_image_rows(window: int) -> int:
+    """NRD: image patch<->patch rows (2W-1)^2 plus the three image-CLS rows."""
+    return (2 * window - 1) ** 2 + 3
+
+
+def table_rows(window: int, l0: int) -> int:
+    """R = NRD + 2*L0 + 2, the rows of the whole table for a W x W patch grid and text positions L0."""
+    return num_image_rows(window) + 2 * l0 + 2
+
+
+def relpos_index(q_mod: Tensor, q_pos: Tensor, k_mod: Tensor, k_pos: Tensor, window: int, l0: int) -> Tensor:
+    """Table row for broadcastable (modality, position) of query and key; positions count from 0 in-segment.
+
+    Image position 0 is the image [CLS], position 1 + r*W + c the patch at grid row r, column c; text
+    position 0 is the text [CLS].
+    """
+    nrd = num_image_rows(window)
+    R = table_rows(window, l0)
+    # image <-> image
+    qr, qc = (q_pos - 1).div(window, rounding_mode="floor"), (q_pos - 1) % window
+    kr, kc = (k_pos - 1).div(window, rounding_mode="floor"), (k_pos - 1) % window
+    img = (qr - kr + window - 1) * (2 * window - 1) + (qc - kc + window - 1)
+    img = torch.where(q_pos == 0, nrd - 3, img)
+    img = torch.where(k_pos == 0, nrd - 2, img)
+    img = torch.where((q_pos == 0) & (k_pos == 0), nrd - 1, img)
+    # text <-> text
+    txt = nrd + l0 + (k_pos - q_pos)
+    txt = torch.where(q_pos == 0, R - 3, txt)
+    txt = torch.where(k_pos == 0, R - 2, txt)
+    txt = torch.where((q_pos == 0) & (k_pos == 0), R - 1, txt)
+    q_text, k_text = q_mod == TEXT, k_mod == TEXT
+    cross = torch.where(q_text, nrd, nrd + 1)
+    return torch.where(q_text & k_text, txt, torch.where(~q_text & ~k_text, img, cross))
+
+
+def segment_index(text_len: int, image_len: int, window: int, l0: int, device=None) -> Tensor:
+    """The official index matrix of a sequence [text(text_len); image(image_len)]: (N, N) int64.
+
+    text_len=Lt, image_len=0 gives `text_relative_position_index`; 0, Ni gives `relative_position_index`;
+    Lt, Ni gives `text_imag_relative_position_index`.
+    """
+    mod = torch.cat([torch.full((text_len,), TEXT), torch.full((image_len,), IMAGE)]).to(device)
+    pos = torch.cat([torch.arange(text_len), torch.arange(image_len)]).to(device)
+    return relpos_index(mod[:, None], pos[:, None], mod[None, :], pos[None, :], window, l0)

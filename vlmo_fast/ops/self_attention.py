@@ -1,6 +1,8 @@
 """A block's whole self-attention before the output projection: qkv projection, packed attention, and the rows read.
 
-On CUDA (or with VLMO_FAST_KERNELS set) it is the qkv GEMM on the packed rows, then packed_attention.  Training on
+On CUDA (or with VLMO_FAST_KERNELS=triton) it is the qkv GEMM on the packed rows, writing each head at the kernels'
+aligned width (the weight's rows padded with zeros), then the Triton kernel on that one (T, 3, H, dh) tensor, whose
+gradient comes back as one tensor.  VLMO_FAST_KERNELS=ref: the GEMM, then the reference.  Training on
 the CPU takes a shorter road: the block input x (D wide) is gathered once into the dense per-pair form, the qkv
 GEMM runs there, and only the output rows that are read are gathered back.  The per-pair form then costs one
 D-wide gather and its index_add in the backward, where packed q, k, v would be scattered 3D wide into zero-filled
@@ -14,33 +16,50 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from vlmo_fast.kernels.attention import dense_bias_and_mask, dense_slots
-from .attention import packed_attention
-from .backend import kernel_choice, needs_grad
+from .attention import aligned_head_dim, packed_attention, packed_attention_qkv
+from .attention_bias import AttentionBias
+from .attention_ref import dense_key_mask, dense_slots
+from .backend import kernel_choice, needs_grad, use_triton
 from .layout import PackedLayout
 
 
 def self_attention(x: Tensor, weight: Tensor, bias: Tensor | None, num_heads: int, layout: PackedLayout,
-                   table: Tensor | None, col: int, window: int, l0: int, scale: float,
-                   rows: Tensor | None = None) -> Tensor:
+                   attn_bias: AttentionBias | None, scale: float, rows: Tensor | None = None) -> Tensor:
     """x (T, D) -> attention output (T, D), or its rows `rows` only; weight (3D, D) and bias (3D,) of the qkv
-    projection; the bias table as in packed_attention."""
-    if _dense_path(x, weight, table):
-        return dense_self_attention(x, weight, bias, num_heads, layout, table, col, window, l0, scale, rows)
+    projection; attn_bias the layer's relative position bias (or None)."""
+    if _dense_path(x, weight, attn_bias):
+        return dense_self_attention(x, weight, bias, num_heads, layout, attn_bias, scale, rows)
     T, D = x.shape
-    qkv = F.linear(x, weight, bias).view(T, 3, num_heads, D // num_heads)
-    out = packed_attention(qkv[:, 0], qkv[:, 1], qkv[:, 2], layout, table, col, window, l0, scale).reshape(T, D)
+    dh = D // num_heads
+    if use_triton(x):
+        out = packed_attention_qkv(_aligned_qkv(x, weight, bias, num_heads), layout, attn_bias, scale)
+        out = out[..., :dh].reshape(T, D)
+    else:
+        qkv = F.linear(x, weight, bias).view(T, 3, num_heads, dh)
+        out = packed_attention(qkv[:, 0], qkv[:, 1], qkv[:, 2], layout, attn_bias, scale).reshape(T, D)
     return out if rows is None else out.index_select(0, rows)
 
 
-def _dense_path(x: Tensor, weight: Tensor, table: Tensor | None) -> bool:
+def _aligned_qkv(x: Tensor, weight: Tensor, bias: Tensor | None, num_heads: int) -> Tensor:
+    """The qkv projection (T, 3, H, dh_aligned), the columns past dh zero (zero weight rows): the GEMM writes
+    the kernels' aligned layout directly, and the padding's gradient falls away with the pad's backward."""
+    T, D = x.shape
+    dh = D // num_heads
+    pad = aligned_head_dim(dh) - dh
+    if pad:
+        weight = F.pad(weight.view(3, num_heads, dh, D), (0, 0, 0, pad)).reshape(-1, D)
+        bias = None if bias is None else F.pad(bias.view(3, num_heads, dh), (0, pad)).reshape(-1)
+    return F.linear(x, weight, bias).view(T, 3, num_heads, dh + pad)
+
+
+def _dense_path(x: Tensor, weight: Tensor, attn_bias: AttentionBias | None) -> bool:
     """CPU training on the default kernels (inference keeps SDPA; ref and triton are forced choices)."""
-    return not x.is_cuda and kernel_choice() == "auto" and needs_grad(x, weight, table)
+    return (not x.is_cuda and kernel_choice() == "auto"
+            and needs_grad(x, weight, None if attn_bias is None else attn_bias.dense))
 
 
 def dense_self_attention(x: Tensor, weight: Tensor, bias: Tensor | None, num_heads: int, layout: PackedLayout,
-                         table: Tensor | None, col: int, window: int, l0: int, scale: float,
-                         rows: Tensor | None = None) -> Tensor:
+                         attn_bias: AttentionBias | None, scale: float, rows: Tensor | None = None) -> Tensor:
     """The dense per-pair road (see the module docstring); logits and softmax in fp32 as the reference."""
     T, D = x.shape
     H, P = num_heads, layout.num_pairs
@@ -59,10 +78,10 @@ def dense_self_attention(x: Tensor, weight: Tensor, bias: Tensor | None, num_hea
     cdt = torch.float32 if qkv.dtype in (torch.float16, torch.bfloat16) else qkv.dtype
     with torch.autocast(x.device.type, enabled=False):  # logits, softmax and attn @ v in fp32 under autocast too
         q, k, v = qkv.to(cdt).permute(2, 0, 3, 1, 4).unbind(0)  # (P, H, M, dh) each
-        table_bias, valid = dense_bias_and_mask(layout, table, col, H, window, l0)
+        valid = dense_key_mask(layout)
         logits = q @ k.transpose(-1, -2)  # (P, H, M, M), updated in place below (no extra copies)
-        if table_bias is not None:
-            logits.add_(table_bias.to(cdt))
+        if attn_bias is not None:
+            logits.add_(attn_bias.dense.to(cdt))
         logits.masked_fill_(~valid, torch.finfo(cdt).min)
         out = (logits.softmax(-1) @ v).transpose(1, 2).reshape(P * M, D).to(x.dtype)
     if same and rows is None:
