@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from scipy.interpolate import RectBivariateSpline
 from torch import Tensor
 
-from vlmo_fast.ops.relpos import table_rows as relpos_table_rows
+from vlmo_fast.ops.relpos import rows_after_patch_grid, table_rows as relpos_table_rows, window_of_table
 
 TABLE_KEY = "relative_position_bias_table"
 POS_EMBED_KEY = "transformer.pos_embed"
@@ -29,19 +29,13 @@ INDEX_KEYS = ("relative_position_index", "text_relative_position_index", "text_i
 _Q_LEFT, _Q_RIGHT, _Q_TOL = 1.01, 1.5, 1e-6
 
 
-def _extra_rows(l0: int) -> int:
-    """Rows after the image patch grid: 3 image-CLS rows + text<->image 2 + text<->text 2*l0 (spec 1.4)."""
-    return 2 * l0 + 5
-
-
 def window_from_table_rows(rows: int, l0: int = 196, what: str = TABLE_KEY) -> int:
     """The patch-grid side W of a table with `rows` = (2W-1)^2 + 2*l0 + 5 rows; a clear error otherwise."""
-    grid = rows - _extra_rows(l0)
-    side = math.isqrt(grid) if grid > 0 else 0
-    if side * side != grid or side % 2 == 0:
+    window = window_of_table(rows, l0)
+    if window is None:
         raise ValueError(f"{what} has {rows} rows, which is not (2W-1)^2 + 2*{l0} + 5 for any window W "
                          f"(wrong max_text_len_of_initckpt l0={l0}?)")
-    return (side + 1) // 2
+    return window
 
 
 def _progression_ratio(src_half: int, dst_half: int) -> float:
@@ -90,12 +84,12 @@ def resize_relpos_table(table: Tensor, src_window: int, dst_window: int, l0: int
     if src_window == dst_window:
         return table
     src_size, dst_size = 2 * src_window - 1, 2 * dst_window - 1
-    extra = table[-_extra_rows(l0):]  # (2*l0+5, C)
+    extra = table[-rows_after_patch_grid(l0):]  # (2*l0+5, C)
     q = _progression_ratio(src_size // 2, dst_size // 2)
     x = _source_coords(src_size, q)
     t = np.arange(-(dst_size // 2), dst_size // 2 + 0.1, 1.0)
     # The official code goes through .float().numpy(); float32 -> float64 is exact, so this matches.
-    grid = table[:-_extra_rows(l0)].detach().float().cpu().numpy().astype(np.float64)  # (src_size^2, C)
+    grid = table[:-rows_after_patch_grid(l0)].detach().float().cpu().numpy().astype(np.float64)  # (src_size^2, C)
     cols = []
     for c in range(grid.shape[1]):
         z = grid[:, c].reshape(src_size, src_size)  # row = dh, col = dw

@@ -6,8 +6,10 @@ into a dense (H, M, M) tile source (vlmo_fast/ops/attention_bias.py) that the at
 """
 from __future__ import annotations
 
-from torch import Tensor
+import math
+
 import torch
+from torch import Tensor
 
 TEXT, IMAGE = 0, 1
 
@@ -20,6 +22,18 @@ def num_image_rows(window: int) -> int:
 def table_rows(window: int, l0: int) -> int:
     """R = NRD + 2*L0 + 2, the rows of the whole table for a W x W patch grid and text positions L0."""
     return num_image_rows(window) + 2 * l0 + 2
+
+
+def rows_after_patch_grid(l0: int) -> int:
+    """The table's rows after its (2W-1)^2 patch<->patch rows (image [CLS], cross-modal and text rows)."""
+    return table_rows(1, l0) - 1
+
+
+def window_of_table(rows: int, l0: int) -> int | None:
+    """The patch-grid side W whose table has `rows` rows (the inverse of table_rows), or None if none has."""
+    grid = rows - rows_after_patch_grid(l0)
+    side = math.isqrt(grid) if grid > 0 else 0
+    return (side + 1) // 2 if side % 2 == 1 and table_rows((side + 1) // 2, l0) == rows else None
 
 
 def relpos_index(q_mod: Tensor, q_pos: Tensor, k_mod: Tensor, k_pos: Tensor, window: int, l0: int) -> Tensor:
