@@ -118,13 +118,13 @@ def ffn_forward(x: Tensor, groups: list[int], weights: list[Tensor], gamma: Opti
     """The forward launches.  The GEMMs run in the weights' dtype (the compute dtype); x and out share x's dtype.
     Returns (out, xn, mean, rstd, u, a, h); u is empty unless `save`, h unless `save` and gamma is given."""
     T, D = x.shape
-    hidden, cdt = weights[2].shape[0], weights[2].dtype
+    hidden, gemm_dtype = weights[2].shape[0], weights[2].dtype
     store_h = save and gamma is not None
-    out, xn, a = torch.empty_like(x), x.new_empty(T, D, dtype=cdt), x.new_empty(T, hidden, dtype=cdt)
+    out, xn, a = torch.empty_like(x), x.new_empty(T, D, dtype=gemm_dtype), x.new_empty(T, hidden, dtype=gemm_dtype)
     mean = x.new_empty(T, dtype=torch.float32)
     rstd = torch.empty_like(mean)
-    u = x.new_empty(T if save else 0, hidden, dtype=cdt)
-    h = x.new_empty(T if store_h else 0, D, dtype=cdt)
+    u = x.new_empty(T if save else 0, hidden, dtype=gemm_dtype)
+    h = x.new_empty(T if store_h else 0, D, dtype=gemm_dtype)
     plan = plan_groups(groups)
     if not plan.rows:
         return out, xn, mean, rstd, u, a, h
@@ -148,11 +148,11 @@ def _expert_ffn_fwd(x: Tensor, groups: list[int], weights: list[Tensor], gamma: 
 @_expert_ffn_fwd.register_fake
 def _(x, groups, weights, gamma, row_scale, eps, save):
     T, D = x.shape
-    hidden, cdt = weights[2].shape[0], weights[2].dtype
+    hidden, gemm_dtype = weights[2].shape[0], weights[2].dtype
     mean = x.new_empty(T, dtype=torch.float32)
-    return (torch.empty_like(x), x.new_empty(T, D, dtype=cdt), mean, torch.empty_like(mean),
-            x.new_empty(T if save else 0, hidden, dtype=cdt), x.new_empty(T, hidden, dtype=cdt),
-            x.new_empty(T if save and gamma is not None else 0, D, dtype=cdt))
+    return (torch.empty_like(x), x.new_empty(T, D, dtype=gemm_dtype), mean, torch.empty_like(mean),
+            x.new_empty(T if save else 0, hidden, dtype=gemm_dtype), x.new_empty(T, hidden, dtype=gemm_dtype),
+            x.new_empty(T if save and gamma is not None else 0, D, dtype=gemm_dtype))
 
 
 def ffn_backward(dy: Tensor, x: Tensor, xn: Tensor, mean: Tensor, rstd: Tensor, u: Tensor, a: Tensor, h: Tensor,
@@ -163,8 +163,8 @@ def ffn_backward(dy: Tensor, x: Tensor, xn: Tensor, mean: Tensor, rstd: Tensor, 
     (S, F, D) and bias (S, F), fc2 weight (S, D, F) and bias (S, D)]."""
     dy = dy.contiguous()
     dx = torch.empty_like(x)
-    cdt = weights[2].dtype
-    dh, dgamma = scale_bwd(dy, h, gamma, row_scale, cdt)  # dy * gamma * r, and gamma's gradient
+    gemm_dtype = weights[2].dtype
+    dh, dgamma = scale_bwd(dy, h, gamma, row_scale, gemm_dtype)  # dy * gamma * r, and gamma's gradient
     dgamma = x.new_empty(0) if dgamma is None else dgamma
     plan = plan_groups(groups)
     table, rows = group_table(plan.table, x.device), list(plan.rows)
@@ -176,8 +176,8 @@ def ffn_backward(dy: Tensor, x: Tensor, xn: Tensor, mean: Tensor, rstd: Tensor, 
     dw_part, db_part = grouped_layer_norm_bwd(dxn, x, w[0], mean, rstd, dy, dx, table, rows)
     S = len(plan.experts)
     block_m = ln_rows(x.shape[1])[0]
-    dlnw = torch.stack(reduce_partials(dw_part, rows, list(plan.slots), S, block_m)).to(cdt)
-    dlnb = torch.stack(reduce_partials(db_part, rows, list(plan.slots), S, block_m)).to(cdt)
+    dlnw = torch.stack(reduce_partials(dw_part, rows, list(plan.slots), S, block_m)).to(gemm_dtype)
+    dlnb = torch.stack(reduce_partials(db_part, rows, list(plan.slots), S, block_m)).to(gemm_dtype)
     dw1, db1 = grouped_weight_grad(du, xn, table, S, True)
     dw2, db2 = grouped_weight_grad(dh, a, table, S, True)
     return [dx, dgamma, dlnw, dlnb, dw1, db1, dw2, db2]

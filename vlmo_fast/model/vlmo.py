@@ -176,8 +176,11 @@ class VLMo(nn.Module):
         row groups and its stochastic-depth draws."""
         cfg, table = self.cfg, self.relative_position_bias_table
         index = None if table is None else slot_index(layout, cfg.window, cfg.max_text_len_of_initckpt, table.shape[0])
-        return [LayerInput(layout, None if index is None else layer_bias(table, i * cfg.num_heads, cfg.num_heads, index),
-                           self._groups(layout, route, i), None if draws is None else draws[i]) for i in layers]
+
+        def bias(layer: int):
+            return None if index is None else layer_bias(table, layer * cfg.num_heads, cfg.num_heads, index)
+        return [LayerInput(layout, bias(i), self._groups(layout, route, i), None if draws is None else draws[i])
+                for i in layers]
 
     def embed(self, layout: PackedLayout, text_ids: Tensor | None, images: Tensor | None,
               image_token_type: int | Tensor, text_keep: Tensor | None = None) -> Tensor:

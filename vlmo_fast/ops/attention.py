@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .attention_bias import AttentionBias
-from .attention_ref import check_bias, dense_key_mask, dense_slots, packed_attention_ref
+from .attention_ref import check_bias, dense_key_mask, dense_slots, logits_dtype, packed_attention_ref
 from .backend import kernel_choice, needs_grad, use_triton
 from .layout import PackedLayout
 
@@ -47,14 +47,16 @@ def packed_attention_sdpa(q: Tensor, k: Tensor, v: Tensor, layout: PackedLayout,
     pair, slot, M = dense_slots(layout)
     P = layout.num_pairs
     dest = pair * M + slot
-    cdt = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    logit_dtype = logits_dtype(q.dtype)
 
     def dense(t: Tensor) -> Tensor:  # (T, H, dh) -> (P, H, M, dh)
-        return t.to(cdt).new_zeros(P * M, H, dh).index_copy(0, dest, t.to(cdt)).view(P, M, H, dh).transpose(1, 2)
+        t = t.to(logit_dtype)
+        return t.new_zeros(P * M, H, dh).index_copy(0, dest, t).view(P, M, H, dh).transpose(1, 2)
 
     valid = dense_key_mask(layout)
     # a finite floor rather than -inf keeps a pair without keys free of NaN (its rows are never read)
-    mask = valid if bias is None else bias.dense.to(cdt).masked_fill(~valid, torch.finfo(cdt).min)  # (P, H, M, M)
+    floor = torch.finfo(logit_dtype).min
+    mask = valid if bias is None else bias.dense.to(logit_dtype).masked_fill(~valid, floor)  # (P, H, M, M)
     out = F.scaled_dot_product_attention(dense(q), dense(k), dense(v), attn_mask=mask, scale=scale)
     return out.transpose(1, 2).reshape(P * M, H, dh)[dest].to(q.dtype)
 

@@ -88,11 +88,13 @@ def _bias_dtype(table: Tensor) -> torch.dtype:
     return table.dtype
 
 
-def layer_bias(table: Tensor, col: int, num_heads: int, index: SlotIndex) -> AttentionBias:
-    """The bias of the layer whose heads read columns [col, col + num_heads) of `table` (R, C)."""
-    if table.dim() != 2 or not 0 <= col <= table.shape[1] - num_heads:
-        raise ValueError(f"relative position table {tuple(table.shape)} has no columns [{col}, {col + num_heads})")
+def layer_bias(table: Tensor, first_column: int, num_heads: int, index: SlotIndex) -> AttentionBias:
+    """The bias of the layer whose heads read columns [first_column, first_column + num_heads) of `table` (R, C)."""
+    if table.dim() != 2 or not 0 <= first_column <= table.shape[1] - num_heads:
+        raise ValueError(f"relative position table {tuple(table.shape)} has no columns "
+                         f"[{first_column}, {first_column + num_heads})")
     if table.shape[0] != index.counts.shape[0]:
         raise ValueError(f"relative position table has {table.shape[0]} rows, the index expects "
                          f"{index.counts.shape[0]}")
-    return AttentionBias(_GatherBias.apply(table[:, col:col + num_heads], index, _bias_dtype(table)), index.text_slots)
+    columns = table[:, first_column:first_column + num_heads]
+    return AttentionBias(_GatherBias.apply(columns, index, _bias_dtype(table)), index.text_slots)

@@ -10,6 +10,12 @@ from .attention_bias import AttentionBias
 from .layout import PackedLayout
 
 
+def logits_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Attention logits and softmax run in fp32 for half inputs (as the official code upcasts), else in the inputs'
+    dtype (fp64 references stay fp64)."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 def dense_slots(layout: PackedLayout) -> tuple[Tensor, Tensor, int]:
     """For every packed row, its (pair, slot) in the dense per-pair form, and the slots per pair M."""
     T, Tt = layout.num_rows, layout.num_text_rows
@@ -54,11 +60,11 @@ def packed_attention_ref(q: Tensor, k: Tensor, v: Tensor, layout: PackedLayout, 
         return out.view(P, M, H, dh).transpose(1, 2)
 
     valid = dense_key_mask(layout)
-    cdt = torch.float32 if upcast and q.dtype in (torch.float16, torch.bfloat16) else q.dtype
-    logits = (dense(q) * scale).to(cdt) @ dense(k).to(cdt).transpose(-1, -2)  # (P, H, M, M)
+    logit_dtype = logits_dtype(q.dtype) if upcast else q.dtype
+    logits = (dense(q) * scale).to(logit_dtype) @ dense(k).to(logit_dtype).transpose(-1, -2)  # (P, H, M, M)
     if bias is not None:
-        logits = logits + bias.dense.to(cdt)
-    logits = logits.masked_fill(~valid, torch.finfo(cdt).min)
+        logits = logits + bias.dense.to(logit_dtype)
+    logits = logits.masked_fill(~valid, torch.finfo(logit_dtype).min)
     attn = logits.softmax(-1).to(q.dtype)
     out = attn @ dense(v)  # (P, H, M, dh)
     return out.transpose(1, 2).reshape(P * M, H, dh)[pair * M + slot]

@@ -42,22 +42,22 @@ def relpos_index(q_mod: Tensor, q_pos: Tensor, k_mod: Tensor, k_pos: Tensor, win
     Image position 0 is the image [CLS], position 1 + r*W + c the patch at grid row r, column c; text
     position 0 is the text [CLS].
     """
-    nrd = num_image_rows(window)
+    image_rows = num_image_rows(window)
     R = table_rows(window, l0)
     # image <-> image
     qr, qc = (q_pos - 1).div(window, rounding_mode="floor"), (q_pos - 1) % window
     kr, kc = (k_pos - 1).div(window, rounding_mode="floor"), (k_pos - 1) % window
     img = (qr - kr + window - 1) * (2 * window - 1) + (qc - kc + window - 1)
-    img = torch.where(q_pos == 0, nrd - 3, img)
-    img = torch.where(k_pos == 0, nrd - 2, img)
-    img = torch.where((q_pos == 0) & (k_pos == 0), nrd - 1, img)
+    img = torch.where(q_pos == 0, image_rows - 3, img)
+    img = torch.where(k_pos == 0, image_rows - 2, img)
+    img = torch.where((q_pos == 0) & (k_pos == 0), image_rows - 1, img)
     # text <-> text
-    txt = nrd + l0 + (k_pos - q_pos)
+    txt = image_rows + l0 + (k_pos - q_pos)
     txt = torch.where(q_pos == 0, R - 3, txt)
     txt = torch.where(k_pos == 0, R - 2, txt)
     txt = torch.where((q_pos == 0) & (k_pos == 0), R - 1, txt)
     q_text, k_text = q_mod == TEXT, k_mod == TEXT
-    cross = torch.where(q_text, nrd, nrd + 1)
+    cross = torch.where(q_text, image_rows, image_rows + 1)
     return torch.where(q_text & k_text, txt, torch.where(~q_text & ~k_text, img, cross))
 
 

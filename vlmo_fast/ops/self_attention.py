@@ -18,7 +18,7 @@ from torch import Tensor
 
 from .attention import aligned_head_dim, packed_attention, packed_attention_qkv
 from .attention_bias import AttentionBias
-from .attention_ref import dense_key_mask, dense_slots
+from .attention_ref import dense_key_mask, dense_slots, logits_dtype
 from .backend import kernel_choice, needs_grad, use_triton
 from .layout import PackedLayout
 
@@ -75,14 +75,14 @@ def dense_self_attention(x: Tensor, weight: Tensor, bias: Tensor | None, num_hea
     fold = torch.ones(3 * D, dtype=weight.dtype, device=weight.device)
     fold[:D] = scale
     qkv = F.linear(x, weight * fold[:, None], None if bias is None else bias * fold).view(P, M, 3, H, D // H)
-    cdt = torch.float32 if qkv.dtype in (torch.float16, torch.bfloat16) else qkv.dtype
+    logit_dtype = logits_dtype(qkv.dtype)
     with torch.autocast(x.device.type, enabled=False):  # logits, softmax and attn @ v in fp32 under autocast too
-        q, k, v = qkv.to(cdt).permute(2, 0, 3, 1, 4).unbind(0)  # (P, H, M, dh) each
+        q, k, v = qkv.to(logit_dtype).permute(2, 0, 3, 1, 4).unbind(0)  # (P, H, M, dh) each
         valid = dense_key_mask(layout)
         logits = q @ k.transpose(-1, -2)  # (P, H, M, M), updated in place below (no extra copies)
         if attn_bias is not None:
-            logits.add_(attn_bias.dense.to(cdt))
-        logits.masked_fill_(~valid, torch.finfo(cdt).min)
+            logits.add_(attn_bias.dense.to(logit_dtype))
+        logits.masked_fill_(~valid, torch.finfo(logit_dtype).min)
         out = (logits.softmax(-1) @ v).transpose(1, 2).reshape(P * M, D).to(x.dtype)
     if same and rows is None:
         return out
