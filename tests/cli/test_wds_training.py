@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 import pytest
 
@@ -35,6 +36,9 @@ def test_training_goes_on_over_a_corrupt_sample_a_truncated_and_a_missing_shard(
     text = caplog.text
     assert text.count("synthetic_caption_train-000001.tar is missing") == 1
     assert text.count("synthetic_caption_train-000003.tar is truncated") == 1
+    # each with the count of samples it takes out of the epoch
+    assert re.search(r"000001\.tar is missing: skipped \(32 samples\)", text)
+    assert re.search(r"000003\.tar is truncated \(3000 of \d+ bytes\): skipped \(32 samples\)", text)
     assert text.count("cannot decode") == 1 and "(1 skipped so far" in text  # the first shard's first image
 
 
