@@ -22,7 +22,8 @@ from vlmo_fast.train.trainer import Trainer
 # 32 px: one 16 px patch per quadrant of the synthetic scenes, so the tiny model learns in a few hundred steps.
 # max_epoch=100 with max_train_steps ending the run: the whole run is the schedule's warm-up, the rate rising from 0
 # (to 4.3e-4 at step 800 for retrieval, 2.7e-4 at step 500 for VQA); measured steadier than a full schedule.
-RUN = ["image_size=32", "seed=0", "max_epoch=100", "log_every=100", "num_workers=0", "eval_batch_size=128"]
+RUN = ["image_size=32", "seed=0", "max_epoch=100", "log_every=100", "num_workers=0", "eval_batch_size=128",
+       "precision=32"]  # fp32, as the runs measured by hand
 
 
 @pytest.fixture(scope="module")
