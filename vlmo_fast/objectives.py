@@ -15,7 +15,9 @@ def contrastive_logits(image_feats: Tensor, text_feats: Tensor, logit_scale: Ten
     if gather:
         image_feats = gather_local_first(image_feats, gather_grad)
         text_feats = gather_local_first(text_feats, gather_grad)
-    i2t = logit_scale.exp() * image_feats @ text_feats.t()
+    # fp32 under autocast too: a bf16 product of unit vectors scaled by up to 100 would round the logits coarsely
+    with torch.autocast(image_feats.device.type, enabled=False):
+        i2t = logit_scale.float().exp() * image_feats.float() @ text_feats.float().t()
     return i2t, i2t.t()
 
 

@@ -66,5 +66,7 @@ def classifier(in_dim: int, hidden: int, out_dim: int) -> nn.Sequential:
 
 
 def l2_normalize(x: Tensor) -> Tensor:
-    """x / ||x|| over the last dim, as the official ITC features (no epsilon: a zero feature is a bug upstream)."""
+    """x / ||x|| over the last dim in fp32, as the official ITC features (no epsilon: a zero feature is a bug
+    upstream)."""
+    x = x.float()
     return x / x.norm(dim=-1, keepdim=True)
