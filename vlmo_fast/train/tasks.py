@@ -21,8 +21,7 @@ FINETUNE = dict(train_transform_keys=["square_transform_randaug"], val_transform
                 batch_size=128, max_steps=None, max_epoch=10, warmup_steps=0.1, lr_mult=1, get_recall_metric=False,
                 whole_word_masking=False)
 # A small model trained from scratch on the synthetic data (`vlmo-fast convert synthetic DIR`) on a CPU in minutes.
-# fp32: at width 96 bf16 autocast gains only ~12% on the CPU, and the demo's short retrieval runs came out lower in
-# bf16 (IR@1 22-31% against 46% in fp32 over the same steps)
+# fp32: at width 96 bf16 autocast gains little on the CPU and lowered the demo's retrieval (README, "Measured")
 TINY_RUN = dict(model_arch=TINY, image_size=64, max_text_len=24, drop_path_rate=0.0,
                 train_transform_keys=["square_transform"], val_transform_keys=["square_transform"],
                 per_gpu_batchsize=32, batch_size=32, max_steps=None, warmup_steps=0.1, learning_rate=5e-4,
