@@ -199,7 +199,7 @@ class Trainer:
             limit = self.config.optim.nan_limit
             if self.skipped >= limit:
                 raise TrainingStopped(f"{self.skipped} steps had a non-finite loss (limit nan_limit={limit}); "
-                                      f"last losses: { {k: float(v) for k, v in losses.items()} }")
+                                      f"last losses: { {k: float(v.detach()) for k, v in losses.items()} }")
         else:
             self.parallel.average_replicated_gradients()
             self.scaler.step(self.optimizer)
