@@ -1,16 +1,18 @@
-"""`vlmo-fast bench step` (`bench data`: vlmo_fast/bench_data.py; `bench tiles`: vlmo_fast/bench_tiles.py): throughput of a full stage-3 training step (ITC + ITM with hard negatives + MLM,
-forward, backward, optimizer, train mode) of vlmo-fast's default path against an in-project baseline that computes
+"""`vlmo-fast bench step` (`bench data`: vlmo_fast/bench_data.py; `bench tiles`: vlmo_fast/bench_tiles.py):
+throughput of a full stage-3 training step (ITC + ITM with hard negatives + MLM, forward, backward, optimizer, train mode) of vlmo-fast's default path against an in-project baseline that computes
 the way the official code does: text padded to --text-len, fp32 attention logits with a materialised bias (the
 reference kernels), separate passes through the official objectives, per-sample negative sampling, an AdamW that
 updates one tensor at a time (each implementation keeps its own optimizer state over the shared weights).  Same weights,
 dims, batch and data (real caption lengths uniform in 8..20 tokens with [CLS] and [SEP], fixed seed).
 
-Prints one JSON line per implementation on stdout: {"impl", "samples_per_s", "step_s_median", "precision"[, "mfu"]}.
+Prints one JSON line per implementation on stdout: {"impl", "samples_per_s", "step_s_median", "precision",
+"compiled", "compiles"[, "mfu"]}.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import os
 import statistics
@@ -24,7 +26,7 @@ from vlmo_fast.compat import objectives as official
 from vlmo_fast.config import ModelConfig, preset
 from vlmo_fast.flops import device_peak, pretrain_step_flops
 from vlmo_fast.train.optim import make_optimizer
-from vlmo_fast.train.runtime import autocast_dtype
+from vlmo_fast.train.runtime import autocast_dtype, graphs_compiled
 from vlmo_fast.train.step import StepDraws, pretrain_losses
 
 PRETRAIN_OBJECTIVES = {"itc", "itm", "mlm"}
@@ -103,6 +105,16 @@ def measure(impls: dict, steps: int, warmup: int, device) -> dict[str, list[floa
     return times
 
 
+def compiled_copy(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """A copy of the model (same weights) with torch.compile'd blocks, so that the baseline stays eager.  On the
+    CPU with static shapes (the benchmark's batch never changes): inductor's dynamic-shape path fails there on the
+    blocks' indexing."""
+    fast = copy.deepcopy(model)
+    for blk in fast.transformer.blocks:
+        blk.compile(dynamic=device.type == "cuda")
+    return fast
+
+
 def run_bench(args: argparse.Namespace) -> int:
     if args.what == "tiles":
         from vlmo_fast.bench_tiles import run_tiles_bench
@@ -125,6 +137,8 @@ def run_bench(args: argparse.Namespace) -> int:
                              "layer_scale_init_values": cfg.layer_scale}).to(device).train()
     batch = synthetic_batch(cfg, args.batch, args.text_len, args.seed, device)
     optimizer = step_optimizers(model)
+    compiled = device.type == "cuda" if args.compile is None else args.compile  # the trainer's compile=auto
+    fast = compiled_copy(model, device) if compiled else model
     gen = torch.Generator(device).manual_seed(args.seed)
     flops = pretrain_step_flops(model.cfg, batch["text_lens"].tolist())
     peak = device_peak(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
@@ -136,7 +150,7 @@ def run_bench(args: argparse.Namespace) -> int:
     def ours(opt: torch.optim.Optimizer, name: str):
         def step():
             with autocast(name):
-                losses, _ = pretrain_losses(model, batch, PRETRAIN_OBJECTIVES, draws=StepDraws(gen))
+                losses, _ = pretrain_losses(fast, batch, PRETRAIN_OBJECTIVES, draws=StepDraws(gen))
             sum(losses.values()).backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -149,16 +163,19 @@ def run_bench(args: argparse.Namespace) -> int:
         optimizer["official_style"].step()
         optimizer["official_style"].zero_grad(set_to_none=True)
 
+    if compiled:
+        optimizer["vlmo_fast"] = make_optimizer(fast, 1e-5, 0.01, 1.0)
     impls = {"vlmo_fast": (ours(optimizer["vlmo_fast"], precision), precision),
              "official_style": (baseline, baseline_precision)}
     if precision != "fp32" and device.type == "cpu":  # fp32 against fp32 too, in the same run
-        impls["vlmo_fast_fp32"] = (ours(make_optimizer(model, 1e-5, 0.01, 1.0), "fp32"), "fp32")
+        impls["vlmo_fast_fp32"] = (ours(make_optimizer(fast, 1e-5, 0.01, 1.0), "fp32"), "fp32")
     chosen = {name: impls[name] for name in (args.impl or list(impls)) if name in impls}
     timed = measure({name: fn for name, (fn, _) in chosen.items()}, args.steps, args.warmup, device)
     for name, times in timed.items():
         med = statistics.median(times)
         rec = {"impl": name, "samples_per_s": args.batch / med, "step_s_median": med, "device": str(device),
-               "precision": chosen[name][1]}
+               "precision": chosen[name][1], "compiled": compiled and name != "official_style",
+               "compiles": graphs_compiled()}  # graphs torch.compile built so far (its limit reached: eager again)
         if peak:
             rec["mfu"] = flops / med / peak
         print(json.dumps(rec), flush=True)
@@ -184,6 +201,8 @@ def add_bench_parser(subparsers):
     q.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default=None,
                    help="vlmo-fast's precision; default the trainer's (bf16 on CUDA and on CPUs with bf16 matrix "
                         "units, else fp32); with bf16 on the CPU the fp32 step is measured too (vlmo_fast_fp32)")
+    q.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="torch.compile vlmo-fast's blocks (a copy of the model; default as the trainer: on CUDA)")
     q.add_argument("--impl", action="append", choices=("vlmo_fast", "official_style", "vlmo_fast_fp32"),
                    help="run only these")
     q.add_argument("--seed", type=int, default=0)
