@@ -1,9 +1,10 @@
 """`vlmo-fast bench step` (`bench data`: vlmo_fast/bench_data.py; `bench tiles`: vlmo_fast/bench_tiles.py):
-throughput of a full stage-3 training step (ITC + ITM with hard negatives + MLM, forward, backward, optimizer, train mode) of vlmo-fast's default path against an in-project baseline that computes
-the way the official code does: text padded to --text-len, fp32 attention logits with a materialised bias (the
-reference kernels), separate passes through the official objectives, per-sample negative sampling, an AdamW that
-updates one tensor at a time (each implementation keeps its own optimizer state over the shared weights).  Same weights,
-dims, batch and data (real caption lengths uniform in 8..20 tokens with [CLS] and [SEP], fixed seed).
+throughput of a full stage-3 training step (ITC + ITM with hard negatives + MLM, forward, backward, optimizer,
+train mode) of vlmo-fast's default path against an in-project baseline that computes the way the official code
+does: text padded to --text-len, fp32 attention logits with a materialised bias (the reference kernels), separate
+passes through the official objectives, per-sample negative sampling, an AdamW that updates one tensor at a time
+(each implementation keeps its own optimizer state over the shared weights).  Same weights, dims, batch and data
+(real caption lengths uniform in 8..20 tokens with [CLS] and [SEP], fixed seed).
 
 Prints one JSON line per implementation on stdout: {"impl", "samples_per_s", "step_s_median", "precision",
 "compiled", "compiles"[, "mfu"]}.
