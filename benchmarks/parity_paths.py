@@ -21,8 +21,7 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.compat.test_official_parity import all_outputs, build  # noqa: E402
-from tests.fixtures import FixtureSet, fixtures_dir  # noqa: E402
+from tests.helpers import FixtureSet, all_outputs, build, fixtures_dir  # noqa: E402
 
 
 def measure(fx: FixtureSet) -> dict:
