@@ -116,27 +116,32 @@ def compiled_copy(model: torch.nn.Module, device: torch.device) -> torch.nn.Modu
     return fast
 
 
-def run_bench(args: argparse.Namespace) -> int:
-    if args.what == "tiles":
-        from vlmo_fast.bench_tiles import run_tiles_bench
-        return run_tiles_bench(args)
-    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+def bench_model(args: argparse.Namespace, device: torch.device) -> CompatVLMo:
+    """The model both implementations train (the drop-in module: the baseline calls the official objectives)."""
     if args.preset:
         cfg = preset(args.preset, image_size=args.image, max_text_len=args.text_len, drop_path_rate=0.1)
     else:
         cfg = ModelConfig(embed_dim=args.dim, depth=args.depth, num_heads=args.heads, vl_start=args.vl_start,
                           image_size=args.image, max_text_len=args.text_len, drop_path_rate=0.1)
+    torch.manual_seed(args.seed)
+    return CompatVLMo({"max_text_len": cfg.max_text_len, "image_size": cfg.image_size, "drop_path_rate": 0.1},
+                      arch={"embed_dim": cfg.embed_dim, "depth": cfg.depth, "num_heads": cfg.num_heads,
+                            "mlp_ratio": cfg.mlp_ratio, "vlffn_start_layer_index": cfg.vl_start,
+                            "use_abs_pos_emb": cfg.abs_pos_emb, "need_relative_position_embed": cfg.rel_pos_bias,
+                            "layer_scale_init_values": cfg.layer_scale}).to(device).train()
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    if args.what == "tiles":
+        from vlmo_fast.bench_tiles import run_tiles_bench
+        return run_tiles_bench(args)
+    device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     # the trainer's default precision (precision=auto) unless given; the official-style baseline computes in fp32
     # on the CPU (as the official code there) and in the same precision as ours on CUDA
     precision = args.precision or ("fp32" if autocast_dtype("auto", device) is None else "bf16")
     baseline_precision = precision if device.type == "cuda" else "fp32"
-    torch.manual_seed(args.seed)
-    model = CompatVLMo({"max_text_len": cfg.max_text_len, "image_size": cfg.image_size, "drop_path_rate": 0.1},
-                       arch={"embed_dim": cfg.embed_dim, "depth": cfg.depth, "num_heads": cfg.num_heads,
-                             "mlp_ratio": cfg.mlp_ratio, "vlffn_start_layer_index": cfg.vl_start,
-                             "use_abs_pos_emb": cfg.abs_pos_emb, "need_relative_position_embed": cfg.rel_pos_bias,
-                             "layer_scale_init_values": cfg.layer_scale}).to(device).train()
-    batch = synthetic_batch(cfg, args.batch, args.text_len, args.seed, device)
+    model = bench_model(args, device)
+    batch = synthetic_batch(model.cfg, args.batch, args.text_len, args.seed, device)
     optimizer = step_optimizers(model)
     compiled = device.type == "cuda" if args.compile is None else args.compile  # the trainer's compile=auto
     fast = compiled_copy(model, device) if compiled else model
