@@ -12,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from vlmo_fast.config import ModelConfig
-from vlmo_fast.ops.attention_bias import layer_bias, slot_index
+from vlmo_fast.ops.attention_bias import SlotIndex, layer_bias, slot_index
 from vlmo_fast.ops.layout import PackedLayout
 from vlmo_fast.ops.packing import make_layout, pack_text
 from vlmo_fast.ops.relpos import table_rows
@@ -170,12 +170,20 @@ class VLMo(nn.Module):
             return [(0, T, VL_EXPERT)]
         return [(0, Tt, TEXT_EXPERT), (Tt, T, IMAGE_EXPERT)]
 
-    def _layer_inputs(self, layout: PackedLayout, route: Route, layers: range,
-                      draws: Tensor | None = None) -> list[LayerInput]:
-        """Per layer: the layout, its relative position bias (gathered once here, dense per slot pair), its expert
-        row groups and its stochastic-depth draws."""
+    def _slot_index(self, layout: PackedLayout) -> SlotIndex | None:
+        """The table row of every (query slot, key slot) of the pass (None without a bias table)."""
+        table = self.relative_position_bias_table
+        if table is None:
+            return None
+        return slot_index(layout, self.cfg.window, self.cfg.max_text_len_of_initckpt, table.shape[0])
+
+    def _layer_inputs(self, layout: PackedLayout, route: Route, layers: range, draws: Tensor | None = None,
+                      index: SlotIndex | None = None) -> list[LayerInput]:
+        """Per layer: the layout, its relative position bias (gathered here from the pass's slot index, dense per
+        slot pair), its expert row groups and its stochastic-depth draws."""
         cfg, table = self.cfg, self.relative_position_bias_table
-        index = None if table is None else slot_index(layout, cfg.window, cfg.max_text_len_of_initckpt, table.shape[0])
+        if index is None and table is not None:
+            index = self._slot_index(layout)
 
         def bias(layer: int):
             return None if index is None else layer_bias(table, layer * cfg.num_heads, cfg.num_heads, index)
@@ -220,14 +228,16 @@ class VLMo(nn.Module):
         L, s = self.cfg.depth, self.cfg.vl_start
         main = [None] * 2 if draws is None else draws.drop_path.unbind(0)
         blocks = self.transformer
+        index = self._slot_index(layout)  # once per pass, shared by every layer and the VL-FFN branch
         layers: list[Tensor] | None = [] if return_layers else None
-        x_low = blocks.run_blocks(x, self._layer_inputs(layout, route, range(0, s), main[0]), 0, layers,
+        x_low = blocks.run_blocks(x, self._layer_inputs(layout, route, range(0, s), main[0], index), 0, layers,
                                   rows if s == L else None)
-        x_top = blocks.run_blocks(x_low, self._layer_inputs(layout, route, range(s, L), main[0]), s, layers, rows)
+        x_top = blocks.run_blocks(x_low, self._layer_inputs(layout, route, range(s, L), main[0], index), s, layers,
+                                  rows)
         enc = Encoding(layout, x_top, blocks.norm(x_top), layers=layers)
         if vl_branch and route is not Route.FUSED:
             enc.vl_layers = [] if return_layers else None
-            branch = self._layer_inputs(layout, Route.FUSED, range(s, L), main[1])
+            branch = self._layer_inputs(layout, Route.FUSED, range(s, L), main[1], index)
             vl = blocks.run_blocks(x_low, branch, s, enc.vl_layers, rows)
             enc.vl_hidden, enc.vl_feats = vl, blocks.norm(vl)
         return enc
