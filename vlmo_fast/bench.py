@@ -28,7 +28,10 @@ from vlmo_fast.config import ModelConfig, preset
 from vlmo_fast.flops import device_peak, pretrain_step_flops
 from vlmo_fast.train.optim import make_optimizer
 from vlmo_fast.train.runtime import autocast_dtype, graphs_compiled
+from vlmo_fast.train.data import to_device
+from vlmo_fast.train.layouts import LayoutPlanner
 from vlmo_fast.train.step import StepDraws, pretrain_losses
+from vlmo_fast.train.step_draws import draw_step
 
 PRETRAIN_OBJECTIVES = {"itc", "itm", "mlm"}
 
@@ -106,14 +109,19 @@ def measure(impls: dict, steps: int, warmup: int, device) -> dict[str, list[floa
     return times
 
 
-def compiled_copy(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    """A copy of the model (same weights) with torch.compile'd blocks, so that the baseline stays eager.  On the
-    CPU with static shapes (the benchmark's batch never changes): inductor's dynamic-shape path fails there on the
-    blocks' indexing."""
-    fast = copy.deepcopy(model)
-    for blk in fast.transformer.blocks:
-        blk.compile(dynamic=device.type == "cuda")
-    return fast
+def compiled_step(model: torch.nn.Module, batch: dict, gen: torch.Generator):
+    """The trainer's compiled step (compile=True): the batch planned as the data loader plans it (bucketed
+    layouts, once: the benchmark's batch never changes), the step's randomness drawn outside, forward and losses
+    compiled as one full graph (the backward with them, by AOTAutograd).  Returns step() -> losses."""
+    planned = {**batch, **LayoutPlanner(frozenset(PRETRAIN_OBJECTIVES), model.cfg.num_image_tokens)(
+        {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in batch.items()})}
+    planned = to_device(planned, batch["text_ids"].device)
+    compiled = torch.compile(pretrain_losses, fullgraph=True, dynamic=False)
+
+    def step():
+        draws = draw_step(model, planned["layouts"], PRETRAIN_OBJECTIVES, gen)
+        return compiled(model, planned, PRETRAIN_OBJECTIVES, draws=draws)[0]
+    return step
 
 
 def bench_model(args: argparse.Namespace, device: torch.device) -> CompatVLMo:
@@ -144,8 +152,9 @@ def run_bench(args: argparse.Namespace) -> int:
     batch = synthetic_batch(model.cfg, args.batch, args.text_len, args.seed, device)
     optimizer = step_optimizers(model)
     compiled = device.type == "cuda" if args.compile is None else args.compile  # the trainer's compile=auto
-    fast = compiled_copy(model, device) if compiled else model
     gen = torch.Generator(device).manual_seed(args.seed)
+    eager_losses = lambda: pretrain_losses(model, batch, PRETRAIN_OBJECTIVES, draws=StepDraws(gen))[0]  # noqa: E731
+    losses_of = compiled_step(model, batch, gen) if compiled else eager_losses
     flops = pretrain_step_flops(model.cfg, batch["text_lens"].tolist())
     peak = device_peak(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
 
@@ -156,7 +165,7 @@ def run_bench(args: argparse.Namespace) -> int:
     def ours(opt: torch.optim.Optimizer, name: str):
         def step():
             with autocast(name):
-                losses, _ = pretrain_losses(fast, batch, PRETRAIN_OBJECTIVES, draws=StepDraws(gen))
+                losses = losses_of()
             sum(losses.values()).backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -169,12 +178,10 @@ def run_bench(args: argparse.Namespace) -> int:
         optimizer["official_style"].step()
         optimizer["official_style"].zero_grad(set_to_none=True)
 
-    if compiled:
-        optimizer["vlmo_fast"] = make_optimizer(fast, 1e-5, 0.01, 1.0)
     impls = {"vlmo_fast": (ours(optimizer["vlmo_fast"], precision), precision),
              "official_style": (baseline, baseline_precision)}
     if precision != "fp32" and device.type == "cpu":  # fp32 against fp32 too, in the same run
-        impls["vlmo_fast_fp32"] = (ours(make_optimizer(fast, 1e-5, 0.01, 1.0), "fp32"), "fp32")
+        impls["vlmo_fast_fp32"] = (ours(make_optimizer(model, 1e-5, 0.01, 1.0), "fp32"), "fp32")
     chosen = {name: impls[name] for name in (args.impl or list(impls)) if name in impls}
     timed = measure({name: fn for name, (fn, _) in chosen.items()}, args.steps, args.warmup, device)
     for name, times in timed.items():
@@ -208,7 +215,7 @@ def add_bench_parser(subparsers):
                    help="vlmo-fast's precision; default the trainer's (bf16 on CUDA and on CPUs with bf16 matrix "
                         "units, else fp32); with bf16 on the CPU the fp32 step is measured too (vlmo_fast_fp32)")
     q.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile vlmo-fast's blocks (a copy of the model; default as the trainer: on CUDA)")
+                   help="torch.compile vlmo-fast's whole step (default as the trainer's compile=auto)")
     q.add_argument("--impl", action="append", choices=("vlmo_fast", "official_style", "vlmo_fast_fp32"),
                    help="run only these")
     q.add_argument("--seed", type=int, default=0)

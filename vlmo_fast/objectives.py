@@ -28,17 +28,32 @@ def contrastive_loss(i2t: Tensor) -> Tensor:
 
 
 def hard_negative_indices(sim_i2t: Tensor, sim_t2i: Tensor, batch_size: int,
-                          generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+                          generator: torch.Generator | None = None,
+                          uniforms: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Hard negatives as the official ITM draws them, in one call per direction: for each local text k an image
     index ~ softmax(sim_t2i[k]) and for each local image k a text index ~ softmax(sim_i2t[k]), with the own
     positive (the diagonal) excluded.  Returns (neg_image_idx, neg_text_idx), each (batch_size,) into the
-    gathered batch."""
+    gathered batch.
+
+    With `uniforms` (2, batch_size) in [0, 1) the draws are made from them by inverting each row's cumulative
+    weights (same distribution, other samples than torch.multinomial): a compiled step takes its randomness as
+    tensors, drawn outside it."""
     with torch.no_grad():
         w_i2t = _sampling_weights(sim_i2t[:batch_size])
         w_t2i = _sampling_weights(sim_t2i[:batch_size])
+        if uniforms is not None:
+            return _inverse_cdf(w_t2i, uniforms[0]), _inverse_cdf(w_i2t, uniforms[1])
         neg_image = torch.multinomial(w_t2i, 1, generator=generator).squeeze(1)
         neg_text = torch.multinomial(w_i2t, 1, generator=generator).squeeze(1)
     return neg_image, neg_text
+
+
+def _inverse_cdf(weights: Tensor, u: Tensor) -> Tensor:
+    """Per row the first index whose cumulative weight exceeds u * total: index i with probability w_i / total;
+    a zero weight (the diagonal) is never chosen, as its cumulative weight equals its predecessor's."""
+    cdf = weights.double().cumsum(1)
+    target = u.double()[:, None] * cdf[:, -1:]
+    return torch.searchsorted(cdf, target, right=True).squeeze(1).clamp(max=weights.shape[1] - 1)
 
 
 def _sampling_weights(sim: Tensor) -> Tensor:
@@ -52,7 +67,7 @@ def _sampling_weights(sim: Tensor) -> Tensor:
 
 def itm_labels(batch_size: int, device: torch.device) -> Tensor:
     """[1]*B positives, then B (text, negative image) and B (image, negative text) pairs (as float, official)."""
-    return torch.cat([torch.ones(batch_size), torch.zeros(2 * batch_size)]).to(device)
+    return torch.cat([torch.ones(batch_size, device=device), torch.zeros(2 * batch_size, device=device)])
 
 
 def mlm_loss(logits: Tensor, labels: Tensor) -> Tensor:

@@ -10,10 +10,14 @@ Batch dict (B samples, Lt = max_text_len; every text is padded to exactly Lt, as
   (dense targets are the model's job).  NLVR2: `answers` list[int] (1 = "True").
 - `table_name` list[str]; `img_index` LongTensor (B,) (the row, i.e. which image a caption belongs to, for
   retrieval evaluation), `cap_index` LongTensor (B,) (-1 for image-only samples), `raw_index` LongTensor (B,).
+With a `planner` (a compiled training step's: vlmo_fast/train/layouts.py) the batch also carries what it returns:
+the packed layouts of the step's passes, planned here, in the loader's workers.
 MLM corruption is always computed (as officially) from a torch.Generator seeded by the samples' seeds, so a batch
 is a pure function of (seed, epoch, sample indices) whatever the worker that builds it.
 """
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 
@@ -36,8 +40,10 @@ class Collator:
     Example: DataLoader(ds, batch_size=32, collate_fn=Collator(max_text_len=40, whole_word=True))
     """
 
-    def __init__(self, *, max_text_len: int = 40, whole_word: bool = False, mlm_prob: float = 0.15):
+    def __init__(self, *, max_text_len: int = 40, whole_word: bool = False, mlm_prob: float = 0.15,
+                 planner: Callable[[dict], dict] | None = None):
         self.max_text_len = max_text_len
+        self.planner = planner
         self.mlm = MLMCollator(whole_word=whole_word, is_continuation=get_tokenizer().is_continuation,
                                prob=mlm_prob)
 
@@ -63,6 +69,8 @@ class Collator:
         for key in _LIST_KEYS:
             if key in keys:
                 batch[key] = [s.get(key) for s in samples]
+        if self.planner is not None:
+            batch.update(self.planner(batch))
         return batch
 
 

@@ -56,7 +56,10 @@ def slot_index(layout: PackedLayout, window: int, l0: int, num_table_rows: int) 
     pos = torch.where(slot < Lq, slot, slot - Lq)
     rows = relpos_index(mod[:, None], pos[:, None], mod[None, :], pos[None, :], window, l0).reshape(-1)
     order = torch.sort(rows, stable=True).indices
-    counts = torch.bincount(rows, minlength=num_table_rows)
+    # as bincount, with the table's size as a static shape (bincount's is data-dependent: a compiled step would
+    # have to read it back)
+    counts = torch.zeros(num_table_rows, dtype=torch.long, device=rows.device).index_add_(0, rows,
+                                                                                          torch.ones_like(rows))
     return SlotIndex(rows, order, counts, Lq, Lq + Li)
 
 

@@ -13,7 +13,7 @@ adapts it), never the record itself.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import Tensor
@@ -39,3 +39,20 @@ class PackedLayout:
     @property
     def device(self) -> torch.device:
         return self.text_start.device
+
+    def _map(self, fn) -> "PackedLayout":
+        return replace(self, **{f.name: fn(getattr(self, f.name)) for f in fields(self)
+                                if isinstance(getattr(self, f.name), Tensor)})
+
+    def to(self, device: torch.device, non_blocking: bool = False) -> "PackedLayout":
+        """The layout's tensors on `device` (planned on the host by the data loader, moved with the batch)."""
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> "PackedLayout":
+        """Pinned copies (the DataLoader's pin_memory calls this), so the move to the GPU is asynchronous."""
+        return self._map(Tensor.pin_memory)
+
+    def with_text_keys(self, text_k_len: Tensor) -> "PackedLayout":
+        """The same rows with other real-token counts (e.g. the hard-negative captions' lengths, known only on
+        the device once the negatives are drawn; each must fit its segment's query rows)."""
+        return replace(self, text_k_len=text_k_len.to(torch.int32))

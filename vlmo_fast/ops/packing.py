@@ -10,6 +10,7 @@ Data may carry any trailing shape: padded text (P, Lt, ...), image (P, Ni, ...),
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 from torch import Tensor
@@ -39,6 +40,15 @@ def _check_layout_args(text_lens: Tensor, image_len: int, text_q_len: int | None
         raise ValueError(f"text_lens must be 1-D (P,), got shape {tuple(text_lens.shape)}")
     if image_len < 0 or (text_q_len is not None and text_q_len < 0):
         raise ValueError(f"image_len and text_q_len must be >= 0, got {image_len} and {text_q_len}")
+
+
+def _check_query_lens(text_lens: Tensor, query_lens: Tensor) -> None:
+    if query_lens.shape != text_lens.shape:
+        raise ValueError(f"query_lens {tuple(query_lens.shape)} must match text_lens {tuple(text_lens.shape)}")
+    short = (query_lens < text_lens).nonzero()
+    if short.numel():
+        p = int(short[0, 0])
+        raise ValueError(f"pair {p} has {int(query_lens[p])} query rows for {int(text_lens[p])} real tokens")
 
 
 def _check_row_count(num_text: int, P: int, image_len: int) -> None:
@@ -142,6 +152,13 @@ def unpack_ref(x: Tensor, layout: PackedLayout, padded_len: int) -> tuple[Tensor
     return text, x[nt:].reshape(layout.num_pairs, layout.max_image, *x.shape[1:])
 
 
+def make_layout_queries_ref(text_lens: Tensor, query_lens: Tensor, image_len: int) -> PackedLayout:
+    """Layout whose text segment p holds query_lens[p] rows, of which the first text_lens[p] are real tokens (the
+    rest padded query-only rows): the bucketed layouts of the compiled step (vlmo_fast/train/layouts.py)."""
+    _check_query_lens(text_lens, query_lens)
+    return replace(make_layout_ref(query_lens, image_len), text_k_len=text_lens.to(torch.int32).contiguous())
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Dispatch
 def _layout_from_lens(lens: Tensor, image_len: int, text_q_len: int | None, from_mask: bool) -> PackedLayout:
@@ -175,6 +192,15 @@ def make_layout(text_lens: Tensor, image_len: int, text_q_len: int | None = None
         return make_layout_ref(text_lens, image_len, text_q_len)
     _check_layout_args(text_lens, image_len, text_q_len)
     return _layout_from_lens(text_lens.to(torch.int32), int(image_len), text_q_len, from_mask=False)
+
+
+def make_layout_queries(text_lens: Tensor, query_lens: Tensor, image_len: int) -> PackedLayout:
+    """Layout with query_lens[p] >= text_lens[p] rows in text segment p (see make_layout_queries_ref); planned on
+    the host (the data loader), so it never reads the device."""
+    if not _use_ext(text_lens):
+        return make_layout_queries_ref(text_lens, query_lens, image_len)
+    _check_query_lens(text_lens, query_lens)
+    return replace(make_layout(query_lens, image_len), text_k_len=text_lens.to(torch.int32).contiguous())
 
 
 def make_layout_from_mask(mask: Tensor, image_len: int, keep_padded: bool = False) -> PackedLayout:

@@ -14,6 +14,7 @@ from vlmo_fast.data.registry import get_spec
 from vlmo_fast.data.wds import WdsSplit
 from vlmo_fast.seeds import epoch_order_seed, loader_seed
 from vlmo_fast.run_config import RunConfig
+from .layouts import LayoutPlanner, StepLayouts
 
 # Answer vocabularies written beside the VQA arrow files by the converters (label -> answer).
 ANSWER_FILES = {"vqa": "vqav2_answers.json", "synthetic_vqa": "synthetic_vqa_answers.json"}
@@ -66,27 +67,31 @@ def epoch_order(n: int, seed: int, epoch: int, rank: int = 0, world: int = 1) ->
 
 
 def epoch_loader(dataset: Dataset | WdsSplit, config: RunConfig, batch_size: int, accumulate: int, epoch: int,
-                 start_batch: int, rank: int, world: int, device: torch.device, dali: DaliDecoder | None = None):
+                 start_batch: int, rank: int, world: int, device: torch.device, dali: DaliDecoder | None = None,
+                 planner: LayoutPlanner | None = None):
     """This rank's batches of an epoch from batch `start_batch` on (a resume), whole steps only: the same number
-    on every rank.  With a DALI decoder, the images of the next batches are decoded while a batch trains."""
+    on every rank.  With a DALI decoder, the images of the next batches are decoded while a batch trains.  With a
+    planner the collate plans each batch's layouts (the compiled step's)."""
     workers = config.data.num_workers
     if isinstance(dataset, WdsSplit):
+        dataset.collate.planner = planner
         data = dataset.loader(epoch=epoch, rank=rank, world=world, batch_size=batch_size,
                               unit=batch_size * accumulate, workers=workers, start_batch=start_batch,
                               pin_memory=device.type == "cuda")
     else:
         order = epoch_order(len(dataset), config.runtime.seed, epoch, rank, world)
         usable = (len(order) // (batch_size * accumulate)) * batch_size * accumulate
-        data = loader(dataset, order[start_batch * batch_size:usable], config, batch_size, epoch, True, device)
+        data = loader(dataset, order[start_batch * batch_size:usable], config, batch_size, epoch, True, device,
+                      planner)
     return data if dali is None else dali.decode_ahead(data)
 
 
 def loader(dataset: Dataset, indices: list[int], config: RunConfig, batch_size: int, epoch: int, drop_last: bool,
-           device: torch.device) -> DataLoader:
+           device: torch.device, planner: LayoutPlanner | None = None) -> DataLoader:
     """A DataLoader over `indices` in that order (resume skips the consumed prefix by slicing them)."""
     set_epoch(dataset, epoch)
     collate = Collator(max_text_len=config.model.max_text_len, whole_word=config.data.whole_word_masking,
-                       mlm_prob=config.data.mlm_prob)
+                       mlm_prob=config.data.mlm_prob, planner=planner)
     workers = config.data.num_workers
     # Its own generator: creating the iterator must not draw from the global RNG, or a resumed run (which creates
     # one more iterator) would see another drop-path stream than the uninterrupted one.
@@ -97,9 +102,10 @@ def loader(dataset: Dataset, indices: list[int], config: RunConfig, batch_size: 
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
-    """Tensors (and lists of tensors, the official image lists) moved to the device; the rest kept."""
+    """Tensors (and lists of tensors, the official image lists, and the planned layouts) moved to the device (from
+    pinned memory asynchronously); the rest kept."""
     def move(v):
-        if isinstance(v, torch.Tensor):
+        if isinstance(v, (torch.Tensor, StepLayouts)):
             return v.to(device, non_blocking=True)
         if isinstance(v, list) and v and isinstance(v[0], torch.Tensor):
             return [t.to(device, non_blocking=True) for t in v]

@@ -51,12 +51,12 @@ class ParallelStep:
             with self.ddp.no_sync():
                 yield
 
-    def all_finite(self, loss: torch.Tensor) -> bool:
-        """Whether the loss is finite on every rank (all ranks skip a step together, or DDP would hang)."""
-        ok = torch.isfinite(loss.detach()).float()
+    def any_rank(self, flag: torch.Tensor) -> bool:
+        """Whether a 0-d bool `flag` is set on any rank (a read of the device, after the step's work)."""
+        hit = flag.float()
         if self.world > 1:
-            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
-        return bool(ok.item())
+            dist.all_reduce(hit, op=dist.ReduceOp.MAX)
+        return bool(hit.item())
 
     def average_replicated_gradients(self) -> None:
         """FSDP: the gradients of the parameters it leaves whole, averaged over ranks as DDP would."""

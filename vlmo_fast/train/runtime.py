@@ -1,4 +1,4 @@
-"""Where and in what precision a run computes: its device, its autocast dtype, its compiled blocks."""
+"""Where and in what precision a run computes: its device, its autocast dtype, what it compiles."""
 from __future__ import annotations
 
 import contextlib
@@ -48,9 +48,19 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype)
 
 
-def compile_blocks(model: VLMo, compile_key: bool | str, device: torch.device) -> None:
-    """The `compile` key: torch.compile each transformer block (auto = on CUDA only).  Done before any wrapping, so
-    FSDP gathers around the compiled blocks."""
+def compile_mode(compile_key: bool | str, device: torch.device, fsdp: bool) -> str | None:
+    """The `compile` key: "step" compiles the whole training step (forward, losses and, through AOTAutograd, the
+    backward) over layouts the data loader plans; with FSDP2 "blocks" compiles each transformer block instead (the
+    sharded module's hooks stay outside the graphs); None runs eagerly.
+
+    auto = on CUDA only.  On the CPU the compiled step measured slower than eager (README, "Performance": inductor's
+    CPU code for the step's gathers and scatters loses what its fusions win), so the CPU default stays eager."""
     if compile_key is True or (compile_key == "auto" and device.type == "cuda"):
-        for blk in model.transformer.blocks:
-            blk.compile(dynamic=True)
+        return "blocks" if fsdp else "step"
+    return None
+
+
+def compile_blocks(model: VLMo) -> None:
+    """torch.compile each transformer block (compile_mode "blocks"), before FSDP2 wraps them."""
+    for blk in model.transformer.blocks:
+        blk.compile(dynamic=True)

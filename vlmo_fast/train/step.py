@@ -7,8 +7,6 @@ the losses and gradients equal to the official-style computation for the same ba
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -18,36 +16,35 @@ from vlmo_fast.distributed import fetch_rows
 from vlmo_fast.data.collate import text_lens
 from vlmo_fast.model.inference import image_features, nlvr2_logits, supervised_rows, text_features, vqa_logits
 from vlmo_fast.model.vlmo import VLMo, cls_rows
+from vlmo_fast.data.mlm import IGNORE_INDEX
+from .layouts import StepLayouts
+from .step_draws import StepDraws
 
 Losses = tuple[dict[str, Tensor], dict[str, Tensor]]  # (losses, metrics) of an objective
 
 
-@dataclass
-class StepDraws:
-    """The randomness of one training step, handed to it: hard negatives are sampled with `generator` (or come
-    pre-drawn as (neg_image_idx, neg_text_idx) indices into the gathered batch); stochastic depth and the text
-    dropout are decided with `dropout_generator` (VLMo.pass_draws).  None means the global generator (whose
-    state the trainer's checkpoints carry, so a resumed run draws on exactly)."""
-
-    generator: torch.Generator | None = None
-    negatives: tuple[Tensor, Tensor] | None = None
-    dropout_generator: torch.Generator | None = None
-
-    def hard_negatives(self, i2t: Tensor, batch_size: int) -> tuple[Tensor, Tensor]:
-        if self.negatives is not None:
-            return self.negatives
-        return objectives.hard_negative_indices(i2t, i2t.t(), batch_size, self.generator)
-
-
 def _accuracy(logits: Tensor, target: Tensor) -> Tensor:
-    return (logits.argmax(-1) == target).float().mean() if target.numel() else logits.new_zeros(())
+    """The share of targets hit, over the targets that are not IGNORE_INDEX (a planned step's padding rows)."""
+    if not target.numel():
+        return logits.new_zeros(())
+    valid = target != IGNORE_INDEX
+    return ((logits.argmax(-1) == target) & valid).sum() / valid.sum().clamp(min=1)
+
+
+def _planned(batch: dict) -> StepLayouts:
+    """The layouts the data loader planned for the step (an empty plan when it planned none: each pass plans
+    itself then)."""
+    return batch.get("layouts") or StepLayouts()
 
 
 def contrastive_features(model: VLMo, batch: dict, vl_branch: bool, draws: StepDraws) -> dict[str, Tensor]:
     """l2-normalised [CLS] projections of the text-only and image-only passes (and of their VL-FFN branch)."""
-    ids, img = batch["text_ids"], batch["image"][0]
-    return {**text_features(model, ids, text_lens(batch), vl_branch, draws.dropout_generator),
-            **image_features(model, img, vl_branch, draws.dropout_generator)}
+    ids, img, plan = batch["text_ids"], batch["image"][0], _planned(batch)
+    text, image = plan.text, plan.image
+    return {**text_features(model, ids, text_lens(batch), vl_branch, draws.dropout_generator, layout=text,
+                            draws=text and draws.for_pass("text", model, text, vl_branch)),
+            **image_features(model, img, vl_branch, draws.dropout_generator, layout=image,
+                             draws=image and draws.for_pass("image", model, image, vl_branch))}
 
 
 def itc_losses(model: VLMo, batch: dict, gather_grad: bool, draws: StepDraws) -> tuple[Tensor, Losses]:
@@ -82,6 +79,17 @@ def _fused_inputs(batch: dict, tasks: set[str], negatives: tuple[Tensor, Tensor]
     return torch.cat(texts), torch.cat(lengths), torch.cat(images), labels
 
 
+def _fused_layout(model: VLMo, batch: dict, lens: Tensor, num_images: int, labels: Tensor | None):
+    """The layout of the ITM + MLM pass and its MLM rows and targets: planned by the loader (the negatives'
+    caption lengths set on the device), or planned here over the drawn negatives."""
+    plan = _planned(batch)
+    if plan.pretrain is not None:
+        return plan.pretrain.with_text_keys(lens), plan.mlm_rows, plan.mlm_labels
+    layout = model.plan(text_lens=lens, num_images=num_images)
+    rows, target = supervised_rows(layout, labels) if labels is not None else (None, None)
+    return layout, rows, target
+
+
 def fused_losses(model: VLMo, batch: dict, tasks: set[str], i2t: Tensor | None, draws: StepDraws) -> Losses:
     """ITM with global hard negatives and MLM (x 0.25), sharing ONE fused encoder pass that computes only the
     rows read: the ITM [CLS] rows and the MLM supervised rows."""
@@ -92,14 +100,11 @@ def fused_losses(model: VLMo, batch: dict, tasks: set[str], i2t: Tensor | None, 
             raise ValueError("ITM with hard negatives needs ITC (as in the official code)")
         negatives = draws.hard_negatives(i2t, B)
     ids, lens, images, labels = _fused_inputs(batch, tasks, negatives)
-    layout = model.plan(text_lens=lens, num_images=images.shape[0])
+    layout, mlm_rows, target = _fused_layout(model, batch, lens, images.shape[0], labels)
     n_itm = 3 * B if negatives is not None else 0
-    rows, target = [cls_rows(layout)[:n_itm]], None
-    if labels is not None:
-        mlm_rows, target = supervised_rows(layout, labels)
-        rows.append(mlm_rows)
+    rows = [cls_rows(layout)[:n_itm]] + ([] if mlm_rows is None else [mlm_rows])
     feats = model.encode(layout, text_ids=ids, images=images, rows=torch.cat(rows),
-                         draws=model.pass_draws(layout, generator=draws.dropout_generator)).feats
+                         draws=draws.for_pass("pretrain", model, layout)).feats
     losses, metrics = {}, {}
     if n_itm:
         logits = model.itm_score(model.pooler(feats[:n_itm]))
@@ -129,19 +134,29 @@ def pretrain_losses(model: VLMo, batch: dict, tasks: set[str], gather_grad: bool
 
 def textmlm_losses(model: VLMo, batch: dict, draws: StepDraws | None = None) -> Losses:
     """Stage 2: MLM on the text-only pass (no 0.25 factor)."""
-    draws = draws or StepDraws()
-    layout = model.plan(text_lens=text_lens(batch))
-    rows, target = supervised_rows(layout, batch["text_labels_mlm"])
+    draws, plan = draws or StepDraws(), _planned(batch)
+    if plan.text is not None:
+        layout, rows, target = plan.text, plan.mlm_rows, plan.mlm_labels
+    else:
+        layout = model.plan(text_lens=text_lens(batch))
+        rows, target = supervised_rows(layout, batch["text_labels_mlm"])
     feats = model.encode(layout, text_ids=batch["text_ids_mlm"], rows=rows,
-                         draws=model.pass_draws(layout, generator=draws.dropout_generator)).feats
+                         draws=draws.for_pass("text", model, layout)).feats
     logits = model.mlm_score(feats)
     return {"mlm_loss": objectives.mlm_loss(logits, target)}, {"mlm_accuracy": _accuracy(logits, target)}
+
+
+def _fused_plan(batch: dict, model: VLMo, draws: StepDraws) -> dict:
+    """The planned layout and draws of a VQA / NLVR2 pass, as keywords (none when the step plans itself)."""
+    layout = _planned(batch).fused
+    return {} if layout is None else {"layout": layout, "draws": draws.for_pass("fused", model, layout)}
 
 
 def vqa_losses(model: VLMo, batch: dict, draws: StepDraws | None = None) -> Losses:
     draws = draws or StepDraws()
     ids = batch["text_ids"]
-    logits = vqa_logits(model, ids, text_lens(batch), batch["image"][0], draws.dropout_generator)
+    logits = vqa_logits(model, ids, text_lens(batch), batch["image"][0], draws.dropout_generator,
+                        **_fused_plan(batch, model, draws))
     targets = batch.get("vqa_targets")
     if targets is None:
         targets = objectives.vqa_targets(batch["vqa_labels"], batch["vqa_scores"], logits.shape[1], logits.device)
@@ -153,8 +168,10 @@ def nlvr2_losses(model: VLMo, batch: dict, draws: StepDraws | None = None) -> Lo
     draws = draws or StepDraws()
     ids = batch["text_ids"]
     logits = nlvr2_logits(model, ids, text_lens(batch), batch["image_0"][0], batch["image_1"][0],
-                          draws.dropout_generator)
-    labels = torch.as_tensor(batch["answers"], device=logits.device).long()
+                          draws.dropout_generator, **_fused_plan(batch, model, draws))
+    labels = batch.get("nlvr2_labels")
+    if labels is None:
+        labels = torch.as_tensor(batch["answers"], device=logits.device).long()
     return {"nlvr2_loss": F.cross_entropy(logits, labels)}, {"nlvr2_accuracy": _accuracy(logits, labels)}
 
 

@@ -36,11 +36,18 @@ from .optim import make_optimizer, make_scheduler, warmup_steps_of
 from .parallel import ParallelStep
 from .plan import StepPlan
 from .run_lock import hold_run_directory
-from .runtime import autocast, autocast_dtype, compile_blocks, graphs_compiled, pick_device
+from .layouts import LayoutPlanner
+from .runtime import autocast, autocast_dtype, compile_blocks, compile_mode, graphs_compiled, pick_device
 from .sharding import full_state_dict
 from .step import StepDraws, task_losses
+from .step_draws import draw_step
 
 log = logging.getLogger(__name__)
+
+
+# The batch entries a compiled step reads (the rest, e.g. the caption strings, would only add guards)
+STEP_INPUTS = ("text_ids", "text_lens", "text_ids_mlm", "text_labels_mlm", "image", "image_0", "image_1", "layouts",
+               "vqa_targets", "nlvr2_labels")
 
 
 class TrainingStopped(RuntimeError):
@@ -81,18 +88,29 @@ class Trainer:
         self.tb = None  # the TensorBoard writer, opened by fit() once the run holds its directory
         self.step_module = StepModule(self.model, self.tasks, config.objectives.itc_gather_grad)
         self.compiles_before = graphs_compiled()  # the log counts the graphs this run compiles
-        compile_blocks(self.model, config.runtime.compile, self.device)
+        self.compiled = self._compile()
         self.parallel = ParallelStep(self.step_module, self.model, config.runtime.strategy, self.world, self.device,
                                      evaluation_only=config.evaluation.test_only)
         if self.world > 1:
             log.info("rank %d of %d, %s", self.rank, self.world, "FSDP2" if self.parallel.fsdp else "DDP")
         # the position in training: optimizer steps, epochs, micro-steps into the epoch, steps skipped (non-finite)
         self.step = self.epoch = self.micro = self.skipped = 0
-        self.skip_update = False  # a micro-step of the current optimizer step had a non-finite loss
+        self.nonfinite = None  # on the device: a micro-step of the current optimizer step had a non-finite loss
         self._stop_signal = None
-        self.dataset = self.dali = self.plan = self.optimizer = self.scheduler = None
+        self.dataset = self.dali = self.plan = self.optimizer = self.scheduler = self.planner = None
         if not config.evaluation.test_only:
             self._prepare_training()
+
+    def _compile(self) -> str | None:
+        """The `compile` key (runtime.compile_mode), applied before any wrapping: the whole step module (one full
+        graph in a single process; collectives break the graph in several) or FSDP2's blocks."""
+        fsdp = self.config.runtime.strategy == "fsdp" and self.world > 1 and not self.config.evaluation.test_only
+        mode = compile_mode(self.config.runtime.compile, self.device, fsdp)
+        if mode == "blocks":
+            compile_blocks(self.model)
+        elif mode == "step":
+            self.step_module.compile(fullgraph=self.world == 1, dynamic=False)
+        return mode
 
     def _prepare_training(self) -> None:
         """The training split (and its DALI decoder), the step plan, the optimizer and the schedule."""
@@ -103,6 +121,9 @@ class Trainer:
             self.dali = DaliDecoder(cfg.model.image_size, train=augments(cfg), device=self.device,
                                     batch_size=cfg.optim.per_gpu_batchsize, seed=cfg.runtime.seed + self.rank)
         self.plan = StepPlan.of(cfg, len(self.dataset), self.world)
+        if self.compiled == "step":  # the compiled step reads layouts the loader planned (bucketed shapes)
+            self.planner = LayoutPlanner(frozenset(self.tasks), self.model.cfg.num_image_tokens,
+                                         vqa_labels=self.model.cfg.vqa_label_size)
         self.optimizer = make_optimizer(self.model, cfg.optim.learning_rate, cfg.optim.weight_decay,
                                         cfg.optim.lr_mult)
         warmup = warmup_steps_of(cfg.schedule.warmup_steps, self.plan.total)
@@ -144,7 +165,7 @@ class Trainer:
     def _train_epoch(self, bar: tqdm, window: LogWindow) -> bool:
         """The rest of the current epoch, step by step; False when the run stops within it."""
         data = epoch_loader(self.dataset, self.config, self.config.optim.per_gpu_batchsize, self.plan.accumulate,
-                            self.epoch, self.micro, self.rank, self.world, self.device, self.dali)
+                            self.epoch, self.micro, self.rank, self.world, self.device, self.dali, self.planner)
         for batch in timed(data, window):
             losses, metrics = self.train_step(batch, window)
             if self.micro % self.plan.accumulate:  # more micro-steps to accumulate before the update
@@ -163,22 +184,26 @@ class Trainer:
         return True
 
     def train_step(self, batch: dict, window: LogWindow) -> tuple[dict, dict]:
-        """One micro-step: forward and backward of a batch (the backward skipped, and the update marked to skip, when
-        the loss is not finite on some rank).  Returns its losses and metrics."""
+        """One micro-step: forward and backward of a batch.  Whether its loss is finite is noted on the device and
+        read once per optimizer step (optimizer_step skips the update then).  Returns its losses and metrics."""
         ready = time.perf_counter()
         flops = step_flops(self.model.cfg, self.tasks, batch["text_lens"].tolist())  # host-side lengths
         batch = to_device(batch, self.device)
         window.wait += time.perf_counter() - ready
         last = (self.micro + 1) % self.plan.accumulate == 0  # the optimizer step's last micro-step
-        draws = StepDraws(torch.Generator(self.device).manual_seed(self._micro_step_seed()))
+        generator = torch.Generator(self.device).manual_seed(self._micro_step_seed())
+        if self.planner is None:
+            inputs, draws = batch, StepDraws(generator)
+        else:  # the compiled step: its randomness drawn here, its inputs only what it reads
+            inputs = {k: v for k, v in batch.items() if k in STEP_INPUTS}
+            draws = draw_step(self.model, batch["layouts"], self.tasks, generator)
         with self.parallel.gradient_sync(last):
             with autocast(self.device, self.amp):
-                losses, metrics = self.parallel(batch, draws)
+                losses, metrics = self.parallel(inputs, draws)
             loss = sum(losses.values())
-            if not self.parallel.all_finite(loss):
-                self.skip_update = True
-            else:
-                self.scaler.scale(loss / self.plan.accumulate).backward()
+            finite = torch.isfinite(loss.detach())
+            self.nonfinite = ~finite if self.nonfinite is None else self.nonfinite | ~finite
+            self.scaler.scale(loss / self.plan.accumulate).backward()
         self.micro += 1
         window.add_micro_step(self.config.optim.per_gpu_batchsize * self.world, flops * self.world, loss)
         return losses, metrics
@@ -190,11 +215,12 @@ class Trainer:
 
     def optimizer_step(self, losses: dict) -> None:
         """Update with the accumulated gradients, or skip the update after a non-finite loss (too many skips stop
-        the run); then the next step."""
-        if self.skip_update:
+        the run); then the next step.  All ranks skip together, or DDP would hang."""
+        skip = self.parallel.any_rank(self.nonfinite)  # the step's one read of the device
+        self.nonfinite = None
+        if skip:
             self.optimizer.zero_grad(set_to_none=True)
             self.skipped += 1
-            self.skip_update = False
             log.warning("non-finite loss at step %d: update skipped (%d so far)", self.step, self.skipped)
             limit = self.config.optim.nan_limit
             if self.skipped >= limit:
