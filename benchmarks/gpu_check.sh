@@ -3,7 +3,8 @@
 # within 5 minutes including autotuning:
 #   1. the environment; 2. build the CUDA extension; 3. GPU parity tests (bf16 kernels, CUDA packing);
 #   4. the official fixtures with the Triton kernels forced; 5. the op benchmarks at VLMo-base shapes;
-#   6. the train step at VLMo-base 224 px; 7. one final table.
+#   6. the train step at VLMo-base 224 px; 7. 3 compiled steps under set_sync_debug_mode("error") (no device read);
+#   8. one final table.
 # Files land in $OUT (the device tool brings back at most 8): gpu_check.log, steps.txt, gpu_tests.xml,
 # bench_ops.json, bench_step.jsonl, summary.md.  Carry shared/fixtures/official (VLMO_FAST_FIXTURES) for step 4.
 #
@@ -20,11 +21,13 @@ export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 if [ $DRY = 1 ]; then
   export TRITON_INTERPRET=1 VLMO_FAST_AUTOTUNE_CHECK=1 VLMO_FAST_BENCH_QUICK=1
   STEP_ARGS=(--preset vlmo_tiny_patch16 --image 32 --text-len 12 --batch 2 --steps 1 --warmup 0)
+  SYNC_ARGS=(--preset vlmo_tiny_patch16 --image 32 --text-len 12 --batch 2)
   BENCH_ARGS=(-k "base224 and (ours or reference) or pack_text")
   FIXTURE_CASES="tiny and vqa_targets"  # one fused forward through the kernels (the CI suite runs the rest)
 else
   FIXTURE_CASES="tiny and not gradients"
   STEP_ARGS=(--preset vlmo_base_patch16 --image 224 --batch 32 --steps 5 --warmup 3)
+  SYNC_ARGS=(--preset vlmo_base_patch16 --image 224 --batch 32)
   BENCH_ARGS=(--benchmark-columns=median,ops)
 fi
 
@@ -54,6 +57,7 @@ step() {  # step NAME SECONDS [--to FILE] COMMAND...: runs it (stdout also to FI
   step op_benchmarks 150 "$PY" -m pytest -q -p no:cacheprovider benchmarks/bench_attention.py \
       benchmarks/bench_expert_ffn.py benchmarks/bench_packing.py "${BENCH_ARGS[@]}" --benchmark-json="$OUT/bench_ops.json"
   step train_step 120 --to "$OUT/bench_step.jsonl" "$PY" -m vlmo_fast.cli bench step "${STEP_ARGS[@]}"
+  step sync_free_step 150 "$PY" benchmarks/sync_free_step.py "${SYNC_ARGS[@]}"
   "$PY" benchmarks/gpu_summary.py "$OUT"
 } 2>&1 | tee "$OUT/gpu_check.log"
 ! grep -q FAILED "$OUT/steps.txt"

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-STEPS = ["environment", "build", "kernel_parity", "fixture_parity_triton", "op_benchmarks", "train_step"]
+STEPS = ["environment", "build", "kernel_parity", "fixture_parity_triton", "op_benchmarks", "train_step",
+         "sync_free_step"]
 
 
 @pytest.mark.slow
