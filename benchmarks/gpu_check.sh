@@ -20,7 +20,7 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 if [ $DRY = 1 ]; then
   export TRITON_INTERPRET=1 VLMO_FAST_AUTOTUNE_CHECK=1 VLMO_FAST_BENCH_QUICK=1
-  STEP_ARGS=(--preset vlmo_tiny_patch16 --image 32 --text-len 12 --batch 2 --steps 1 --warmup 0)
+  STEP_ARGS=(--preset vlmo_tiny_patch16 --image 32 --text-len 12 --batch 2 --steps 1 --warmup 0 --no-compile)
   SYNC_ARGS=(--preset vlmo_tiny_patch16 --image 32 --text-len 12 --batch 2)
   BENCH_ARGS=(-k "base224 and (ours or reference) or pack_text")
   FIXTURE_CASES="tiny and vqa_targets"  # one fused forward through the kernels (the CI suite runs the rest)

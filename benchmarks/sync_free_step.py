@@ -65,7 +65,8 @@ def main() -> None:
             step(b)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    mode = "under set_sync_debug_mode('error')" if device.type == "cuda" else "(CPU: the fullgraph compile is the proxy)"
+    mode = ("under set_sync_debug_mode('error')" if device.type == "cuda"
+            else "(CPU: the fullgraph compile is the proxy)")
     print(f"3 compiled steps without a device read {mode}; graphs compiled: {graphs_compiled()}")
 
 

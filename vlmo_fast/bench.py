@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import json
 import os
 import statistics
@@ -27,7 +26,7 @@ from vlmo_fast.compat import objectives as official
 from vlmo_fast.config import ModelConfig, preset
 from vlmo_fast.flops import device_peak, pretrain_step_flops
 from vlmo_fast.train.optim import make_optimizer
-from vlmo_fast.train.runtime import autocast_dtype, graphs_compiled
+from vlmo_fast.train.runtime import autocast_dtype, compile_mode, graphs_compiled
 from vlmo_fast.train.data import to_device
 from vlmo_fast.train.layouts import LayoutPlanner
 from vlmo_fast.train.step import StepDraws, pretrain_losses
@@ -81,12 +80,16 @@ def official_style_losses(model, batch: dict) -> torch.Tensor:
     return itc["itc_loss"] + itm["itm_loss"] + mlm["mlm_loss"]
 
 
+def baseline_optimizer(model) -> torch.optim.Optimizer:
+    """The official code's optimizer: its transformers AdamW updates one parameter at a time (vlmo-fast's
+    trainer optimizer is the fused one, make_optimizer); each implementation keeps its own state."""
+    return torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.98), eps=1e-8, weight_decay=0.01,
+                             foreach=False)
+
+
 def step_optimizers(model) -> dict[str, torch.optim.Optimizer]:
-    """Each implementation's AdamW over the same parameters: vlmo-fast's trainer optimizer (fused), and a
-    per-tensor loop for the official code (its transformers AdamW updates one parameter at a time)."""
-    return {"vlmo_fast": make_optimizer(model, 1e-5, 0.01, 1.0),
-            "official_style": torch.optim.AdamW(model.parameters(), lr=1e-5, betas=(0.9, 0.98), eps=1e-8,
-                                                weight_decay=0.01, foreach=False)}
+    """Each implementation's AdamW over the same parameters (benchmarks/bench_train_step.py)."""
+    return {"vlmo_fast": make_optimizer(model, 1e-5, 0.01, 1.0), "official_style": baseline_optimizer(model)}
 
 
 def measure(impls: dict, steps: int, warmup: int, device) -> dict[str, list[float]]:
@@ -139,6 +142,27 @@ def bench_model(args: argparse.Namespace, device: torch.device) -> CompatVLMo:
                             "layer_scale_init_values": cfg.layer_scale}).to(device).train()
 
 
+AUTOCAST = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def variants(args: argparse.Namespace, device: torch.device, precision: str) -> dict[str, tuple[bool, str]]:
+    """vlmo-fast's measured variants, name -> (compiled, precision): the trainer's default path ("vlmo_fast"),
+    the fp32 step beside a bf16 default on the CPU ("_fp32"), each compiled as the trainer's compile key decides
+    (--compile / --no-compile, else auto), and with --compare-compile each in the other mode too ("_compiled" or
+    "_eager")."""
+    precisions = {"": precision}
+    if precision != "fp32" and device.type == "cpu":  # fp32 against fp32 too, in the same run
+        precisions["_fp32"] = "fp32"
+    key = "auto" if args.compile is None else args.compile
+    out = {}
+    for suffix, p in precisions.items():
+        compiled = compile_mode(key, device, AUTOCAST[p], fsdp=False) == "step"
+        out[f"vlmo_fast{suffix}"] = (compiled, p)
+        if args.compare_compile:
+            out[f"vlmo_fast_{'eager' if compiled else 'compiled'}{suffix}"] = (not compiled, p)
+    return out
+
+
 def run_bench(args: argparse.Namespace) -> int:
     if args.what == "tiles":
         from vlmo_fast.bench_tiles import run_tiles_bench
@@ -150,19 +174,20 @@ def run_bench(args: argparse.Namespace) -> int:
     baseline_precision = precision if device.type == "cuda" else "fp32"
     model = bench_model(args, device)
     batch = synthetic_batch(model.cfg, args.batch, args.text_len, args.seed, device)
-    optimizer = step_optimizers(model)
-    compiled = device.type == "cuda" if args.compile is None else args.compile  # the trainer's compile=auto
     gen = torch.Generator(device).manual_seed(args.seed)
-    eager_losses = lambda: pretrain_losses(model, batch, PRETRAIN_OBJECTIVES, draws=StepDraws(gen))[0]  # noqa: E731
-    losses_of = compiled_step(model, batch, gen) if compiled else eager_losses
+    modes = {False: lambda: pretrain_losses(model, batch, PRETRAIN_OBJECTIVES, draws=StepDraws(gen))[0]}
     flops = pretrain_step_flops(model.cfg, batch["text_lens"].tolist())
     peak = device_peak(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
 
     def autocast(name: str):
-        amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+        amp = AUTOCAST[name]
         return torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext()
 
-    def ours(opt: torch.optim.Optimizer, name: str):
+    def ours(compiled: bool, name: str):
+        if compiled not in modes:
+            modes[True] = compiled_step(model, batch, gen)
+        losses_of, opt = modes[compiled], make_optimizer(model, 1e-5, 0.01, 1.0)  # its own optimizer state
+
         def step():
             with autocast(name):
                 losses = losses_of()
@@ -171,23 +196,21 @@ def run_bench(args: argparse.Namespace) -> int:
             opt.zero_grad(set_to_none=True)
         return step
 
-    def baseline():
+    def baseline(opt=baseline_optimizer(model)):
         with kernels("ref"), autocast(baseline_precision):
             loss = official_style_losses(model, batch)
         loss.backward()
-        optimizer["official_style"].step()
-        optimizer["official_style"].zero_grad(set_to_none=True)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
 
-    impls = {"vlmo_fast": (ours(optimizer["vlmo_fast"], precision), precision),
-             "official_style": (baseline, baseline_precision)}
-    if precision != "fp32" and device.type == "cpu":  # fp32 against fp32 too, in the same run
-        impls["vlmo_fast_fp32"] = (ours(make_optimizer(model, 1e-5, 0.01, 1.0), "fp32"), "fp32")
+    impls = {name: (ours(*v), *v) for name, v in variants(args, device, precision).items()}
+    impls["official_style"] = (baseline, False, baseline_precision)
     chosen = {name: impls[name] for name in (args.impl or list(impls)) if name in impls}
-    timed = measure({name: fn for name, (fn, _) in chosen.items()}, args.steps, args.warmup, device)
+    timed = measure({name: fn for name, (fn, _, _) in chosen.items()}, args.steps, args.warmup, device)
     for name, times in timed.items():
         med = statistics.median(times)
         rec = {"impl": name, "samples_per_s": args.batch / med, "step_s_median": med, "device": str(device),
-               "precision": chosen[name][1], "compiled": compiled and name != "official_style",
+               "precision": chosen[name][2], "compiled": chosen[name][1],
                "compiles": graphs_compiled()}  # graphs torch.compile built so far (its limit reached: eager again)
         if peak:
             rec["mfu"] = flops / med / peak
@@ -215,9 +238,10 @@ def add_bench_parser(subparsers):
                    help="vlmo-fast's precision; default the trainer's (bf16 on CUDA and on CPUs with bf16 matrix "
                         "units, else fp32); with bf16 on the CPU the fp32 step is measured too (vlmo_fast_fp32)")
     q.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="torch.compile vlmo-fast's whole step (default as the trainer's compile=auto)")
-    q.add_argument("--impl", action="append", choices=("vlmo_fast", "official_style", "vlmo_fast_fp32"),
-                   help="run only these")
+                   help="torch.compile vlmo-fast's whole step (default: the trainer's compile=auto, CUDA and bf16)")
+    q.add_argument("--compare-compile", action="store_true",
+                   help="also measure vlmo-fast in the other compile mode (vlmo_fast_compiled* or vlmo_fast_eager*)")
+    q.add_argument("--impl", action="append", help="run only these (vlmo_fast, official_style, vlmo_fast_fp32, ...)")
     q.add_argument("--seed", type=int, default=0)
     add_tiles_bench_parser(sub)
     return p, sub

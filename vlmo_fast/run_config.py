@@ -152,7 +152,8 @@ class RuntimeKeys:
     precision: Literal["auto", "32", "bf16", "16", 32, 16] = key(
         "auto", official_default=16,
         doc="auto = bf16 on CUDA and on CPUs with bf16 matrix units, else 32; 16 = fp16 with a gradient scaler")
-    compile: Literal[True, False, "auto"] = key("auto", official=False, doc="torch.compile the blocks; auto = CUDA")
+    compile: Literal[True, False, "auto"] = key(
+        "auto", official=False, doc="torch.compile the whole training step (FSDP: the blocks); auto = CUDA, CPU bf16")
     strategy: Literal["ddp", "fsdp"] = key("ddp", official=False,
                                            doc="several processes: ddp (replicated) or fsdp (FSDP2, sharded)")
     num_gpus: int = key(1, ge=1)

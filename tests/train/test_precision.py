@@ -25,7 +25,8 @@ def test_auto_is_bf16_where_the_cpu_has_bf16_matrix_units(monkeypatch):
 
 def curve(root, log_dir: Path, precision: str) -> list[float]:
     config = resolve("task_mlm_itm_itc_tiny", TINY + [f"data_root={root}", f"log_dir={log_dir}", "max_train_steps=50",
-                                                      f"precision={precision}", "get_recall_metric=False"])
+                                                      f"precision={precision}", "get_recall_metric=False",
+                                                      "compile=False"])
     Trainer(config).fit()
     return [json.loads(line)["loss"] for line in (log_dir / "log.jsonl").read_text().splitlines()]
 

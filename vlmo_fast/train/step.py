@@ -4,6 +4,10 @@ Compared with the official computation (vlmo_fast.compat.objectives): padding is
 two hard-negative sets and the MLM pass share ONE fused encoder call over 4B pairs; hard negatives are drawn for
 the whole batch in one call; the MLM head runs only on the supervised tokens.  tests/train/test_step.py proves
 the losses and gradients equal to the official-style computation for the same batch and negatives.
+
+A batch may carry the layouts the data loader planned ("layouts", vlmo_fast/train/layouts.py) and the step its
+draws made beforehand (StepDraws.passes): then no pass plans, draws or reads back anything itself, and the step
+compiles as one graph (the trainer's compile=True).
 """
 from __future__ import annotations
 
@@ -14,9 +18,9 @@ from torch import Tensor
 from vlmo_fast import objectives
 from vlmo_fast.distributed import fetch_rows
 from vlmo_fast.data.collate import text_lens
+from vlmo_fast.data.mlm import IGNORE_INDEX
 from vlmo_fast.model.inference import image_features, nlvr2_logits, supervised_rows, text_features, vqa_logits
 from vlmo_fast.model.vlmo import VLMo, cls_rows
-from vlmo_fast.data.mlm import IGNORE_INDEX
 from .layouts import StepLayouts
 from .step_draws import StepDraws
 

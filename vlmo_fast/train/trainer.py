@@ -105,7 +105,7 @@ class Trainer:
         """The `compile` key (runtime.compile_mode), applied before any wrapping: the whole step module (one full
         graph in a single process; collectives break the graph in several) or FSDP2's blocks."""
         fsdp = self.config.runtime.strategy == "fsdp" and self.world > 1 and not self.config.evaluation.test_only
-        mode = compile_mode(self.config.runtime.compile, self.device, fsdp)
+        mode = compile_mode(self.config.runtime.compile, self.device, self.amp, fsdp)
         if mode == "blocks":
             compile_blocks(self.model)
         elif mode == "step":
