@@ -75,10 +75,15 @@ def fetch_rows(local: Tensor, index: Tensor) -> Tensor:
     """Rows `index` of the local-first gathered batch (gather_local_first's order), fetched from the ranks that own
     them: only the requested rows travel (two all_to_all exchanges), never every rank's whole batch.  Every rank
     must hold the same number of rows."""
-    rank, size = world()
     idx = index.long().to(local.device)
-    if size == 1:
+    if world()[1] == 1:
         return local.index_select(0, idx)
+    return _exchange_rows(local, idx)
+
+
+@torch.compiler.disable  # host reads of the row counts: a compiled step runs the exchange eagerly, between graphs
+def _exchange_rows(local: Tensor, idx: Tensor) -> Tensor:
+    rank, size = world()
     B = local.shape[0]
     others = torch.tensor([r for r in range(size) if r != rank], device=idx.device)
     owner = torch.where(idx < B, torch.full_like(idx, rank), others[(idx - B).clamp(min=0) // B])

@@ -31,12 +31,12 @@ from .checkpointing import (load_training_state, rng_states, save_replicated_tra
 from .data import answer_vocabulary, augments, build_split, epoch_loader, to_device
 from .evaluate import evaluate
 from .intact import has_checkpoint, resume_checkpoint
+from .layouts import LayoutPlanner
 from .log_window import LogWindow, timed
 from .optim import make_optimizer, make_scheduler, warmup_steps_of
 from .parallel import ParallelStep
 from .plan import StepPlan
 from .run_lock import hold_run_directory
-from .layouts import LayoutPlanner
 from .runtime import autocast, autocast_dtype, compile_blocks, compile_mode, graphs_compiled, pick_device
 from .sharding import full_state_dict
 from .step import StepDraws, task_losses
