@@ -11,6 +11,7 @@ from tests.helpers import losses, run
 from tests.train.test_layouts import PRETRAIN, task_batch, tiny_model
 from vlmo_fast import objectives
 from vlmo_fast.train.layouts import LayoutPlanner
+from vlmo_fast.train.runtime import compile_mode
 from vlmo_fast.train.step import task_losses
 from vlmo_fast.train.step_draws import draw_step
 from vlmo_fast.train.trainer import StepModule
@@ -78,3 +79,13 @@ def test_trainer_compiles_few_graphs_and_matches_eager(synthetic_root, tmp_path,
                 "batch_size=8", "precision=32", "log_every=1")
     assert eager[-1]["compiles"] == 0
     torch.testing.assert_close(torch.tensor(losses(log)[:10]), torch.tensor(losses(eager)), rtol=1e-4, atol=0)
+
+
+def test_compile_auto_where_it_measured_faster():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert compile_mode("auto", cuda, torch.bfloat16, fsdp=False) == "step"
+    assert compile_mode("auto", cpu, torch.bfloat16, fsdp=False) == "step"  # bf16 on the CPU: faster compiled
+    assert compile_mode("auto", cpu, None, fsdp=False) is None  # fp32 on the CPU: no faster, so no compile time
+    assert compile_mode(True, cpu, None, fsdp=False) == "step"
+    assert compile_mode(True, cuda, torch.bfloat16, fsdp=True) == "blocks"
+    assert compile_mode(False, cuda, torch.bfloat16, fsdp=False) is None
