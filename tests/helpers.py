@@ -77,8 +77,10 @@ def assert_close_grad(actual: torch.Tensor, expected: torch.Tensor, what: str = 
 
 
 # The tiny training run of tests: a tiny model, small batches, a small evaluation.
+# compile=False: compiling the step costs about a minute per shape on this CPU; tests/train/test_compiled_step.py
+# covers the compiled step (a later compile=True overrides this)
 TINY = ["model_arch=vlmo_tiny_patch16", "image_size=64", "max_text_len=24", "per_gpu_batchsize=4", "batch_size=4",
-        "eval_limit=8", "eval_batch_size=8", "num_workers=0", "log_every=1"]
+        "eval_limit=8", "eval_batch_size=8", "num_workers=0", "log_every=1", "compile=False"]
 
 
 def run(root, log_dir, *extra) -> list[dict]:

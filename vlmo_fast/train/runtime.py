@@ -65,3 +65,17 @@ def compile_blocks(model: VLMo) -> None:
     """torch.compile each transformer block (compile_mode "blocks"), before FSDP2 wraps them."""
     for blk in model.transformer.blocks:
         blk.compile(dynamic=True)
+
+
+# Graphs one compiled step may build: one per bucketed shape (train/layouts.py: a few in practice, a few dozen at
+# worst) and precision.  Past dynamo's default of 8 a fullgraph step would fail hard instead of running eagerly.
+STEP_GRAPHS_LIMIT = 64
+
+
+def compile_step(step_module: torch.nn.Module, fullgraph: bool) -> None:
+    """torch.compile a run's step module (compile_mode "step") with static shapes.  Dynamo keeps its graphs per
+    code object, so every run's step module would add to one shared count: a new run starts from a fresh dynamo
+    state (one run trains at a time in a process; the compiled kernels stay cached on disk)."""
+    torch._dynamo.reset()
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, STEP_GRAPHS_LIMIT)
+    step_module.compile(fullgraph=fullgraph, dynamic=False)

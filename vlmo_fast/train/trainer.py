@@ -37,7 +37,8 @@ from .optim import make_optimizer, make_scheduler, warmup_steps_of
 from .parallel import ParallelStep
 from .plan import StepPlan
 from .run_lock import hold_run_directory
-from .runtime import autocast, autocast_dtype, compile_blocks, compile_mode, graphs_compiled, pick_device
+from .runtime import (autocast, autocast_dtype, compile_blocks, compile_mode, compile_step, graphs_compiled,
+                      pick_device)
 from .sharding import full_state_dict
 from .step import StepDraws, task_losses
 from .step_draws import draw_step
@@ -109,7 +110,7 @@ class Trainer:
         if mode == "blocks":
             compile_blocks(self.model)
         elif mode == "step":
-            self.step_module.compile(fullgraph=self.world == 1, dynamic=False)
+            compile_step(self.step_module, fullgraph=self.world == 1)
         return mode
 
     def _prepare_training(self) -> None:
