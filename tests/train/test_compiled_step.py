@@ -8,7 +8,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from tests.helpers import losses, run
-from tests.train.test_layouts import PRETRAIN, task_batch, tiny_model
+from tests.train.helpers import PRETRAIN, task_batch, tiny_model
 from vlmo_fast import objectives
 from vlmo_fast.train.layouts import LayoutPlanner
 from vlmo_fast.train.runtime import compile_mode

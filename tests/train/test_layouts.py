@@ -6,23 +6,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from tests.train.helpers import PRETRAIN, task_batch, tiny_model
 from vlmo_fast.bench import synthetic_batch
-from vlmo_fast.config import ModelConfig
 from vlmo_fast.data.collate import Collator
-from vlmo_fast.model.vlmo import VLMo
 from vlmo_fast.ops import _ext
 from vlmo_fast.ops.packing import make_layout_queries, pack_text
 from vlmo_fast.train.layouts import LayoutPlanner, bucket_queries, text_slots
 from vlmo_fast.train.step import StepDraws, task_losses
-
-PRETRAIN = frozenset({"itc", "itm", "mlm"})
-
-
-def tiny_model(tasks, seed: int = 0) -> VLMo:
-    torch.manual_seed(seed)
-    cfg = ModelConfig(embed_dim=32, depth=2, num_heads=2, vl_start=1, image_size=32, max_text_len=20,
-                      vocab_size=1200, drop_path_rate=0.0, tasks=tuple(sorted(tasks)), vqa_label_size=7)
-    return VLMo(cfg).train()
 
 
 def layout_fields(layout) -> dict:
@@ -120,22 +110,6 @@ def test_padding_rows_change_no_result(tasks):
     assert g1.keys() == g0.keys()
     for k in g0:
         torch.testing.assert_close(g1[k], g0[k], rtol=1e-4, atol=1e-6, msg=k)
-
-
-def task_batch(cfg: ModelConfig, tasks, B: int = 5, seed: int = 3) -> dict:
-    """A batch of B pairs with what each task reads (VQA answers, NLVR2's second image and labels)."""
-    batch = synthetic_batch(cfg, B, 20, seed, "cpu")
-    batch["text_lens"] = batch["text_lens"] - torch.arange(B)  # shorter captions: padding to plan
-    batch["text_ids"] = batch["text_ids"] * (torch.arange(20) < batch["text_lens"][:, None])
-    batch["text_labels_mlm"] = batch["text_labels_mlm"].masked_fill(torch.arange(20) >= batch["text_lens"][:, None],
-                                                                    -100)
-    if "vqa" in tasks:
-        batch["vqa_labels"] = [[i % 7, (i + 2) % 7] for i in range(B)]
-        batch["vqa_scores"] = [[1.0, 0.3] for _ in range(B)]
-    if "nlvr2" in tasks:
-        batch["image_0"], batch["image_1"] = batch["image"], [batch["image"][0].flip(0)]
-        batch["answers"] = [i % 2 for i in range(B)]
-    return batch
 
 
 def test_collate_plans_in_the_loader_workers():
