@@ -175,7 +175,10 @@ def run_bench(args: argparse.Namespace) -> int:
     model = bench_model(args, device)
     batch = synthetic_batch(model.cfg, args.batch, args.text_len, args.seed, device)
     gen = torch.Generator(device).manual_seed(args.seed)
-    modes = {False: lambda: pretrain_losses(model, batch, PRETRAIN_OBJECTIVES, draws=StepDraws(gen))[0]}
+    measured = variants(args, device, precision)
+    losses_of = {False: lambda: pretrain_losses(model, batch, PRETRAIN_OBJECTIVES, draws=StepDraws(gen))[0]}
+    if any(compiled for compiled, _ in measured.values()):
+        losses_of[True] = compiled_step(model, batch, gen)
     flops = pretrain_step_flops(model.cfg, batch["text_lens"].tolist())
     peak = device_peak(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
 
@@ -184,13 +187,11 @@ def run_bench(args: argparse.Namespace) -> int:
         return torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext()
 
     def ours(compiled: bool, name: str):
-        if compiled not in modes:
-            modes[True] = compiled_step(model, batch, gen)
-        losses_of, opt = modes[compiled], make_optimizer(model, 1e-5, 0.01, 1.0)  # its own optimizer state
+        forward, opt = losses_of[compiled], make_optimizer(model, 1e-5, 0.01, 1.0)  # its own optimizer state
 
         def step():
             with autocast(name):
-                losses = losses_of()
+                losses = forward()
             sum(losses.values()).backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -203,7 +204,7 @@ def run_bench(args: argparse.Namespace) -> int:
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    impls = {name: (ours(*v), *v) for name, v in variants(args, device, precision).items()}
+    impls = {name: (ours(*v), *v) for name, v in measured.items()}
     impls["official_style"] = (baseline, False, baseline_precision)
     chosen = {name: impls[name] for name in (args.impl or list(impls)) if name in impls}
     timed = measure({name: fn for name, (fn, _, _) in chosen.items()}, args.steps, args.warmup, device)

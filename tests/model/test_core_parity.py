@@ -85,7 +85,7 @@ def test_drop_path_draws_independently_per_modality_in_split_layers():
     P = 64
     layout = make_layout(torch.full((P,), 6), cfg.num_image_tokens)
     draws = model.pass_draws(layout).drop_path[0]
-    split_in, vl_in = model._layer_inputs(layout, Route.FUSED, range(1, 3), draws)
+    split_in, vl_in = model._layer_inputs(layout, Route.FUSED, range(1, 3), draws, model._slot_index(layout))
     x = torch.zeros(layout.num_rows, 32)
     Tt = layout.num_text_rows
 

@@ -177,13 +177,11 @@ class VLMo(nn.Module):
             return None
         return slot_index(layout, self.cfg.window, self.cfg.max_text_len_of_initckpt, table.shape[0])
 
-    def _layer_inputs(self, layout: PackedLayout, route: Route, layers: range, draws: Tensor | None = None,
-                      index: SlotIndex | None = None) -> list[LayerInput]:
+    def _layer_inputs(self, layout: PackedLayout, route: Route, layers: range, draws: Tensor | None,
+                      index: SlotIndex | None) -> list[LayerInput]:
         """Per layer: the layout, its relative position bias (gathered here from the pass's slot index, dense per
-        slot pair), its expert row groups and its stochastic-depth draws."""
+        slot pair; None without a bias table), its expert row groups and its stochastic-depth draws."""
         cfg, table = self.cfg, self.relative_position_bias_table
-        if index is None and table is not None:
-            index = self._slot_index(layout)
 
         def bias(layer: int):
             return None if index is None else layer_bias(table, layer * cfg.num_heads, cfg.num_heads, index)

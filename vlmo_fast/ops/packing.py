@@ -195,10 +195,8 @@ def make_layout(text_lens: Tensor, image_len: int, text_q_len: int | None = None
 
 
 def make_layout_queries(text_lens: Tensor, query_lens: Tensor, image_len: int) -> PackedLayout:
-    """Layout with query_lens[p] >= text_lens[p] rows in text segment p (see make_layout_queries_ref); planned on
-    the host (the data loader), so it never reads the device."""
-    if not _use_ext(text_lens):
-        return make_layout_queries_ref(text_lens, query_lens, image_len)
+    """Layout with query_lens[p] >= text_lens[p] rows in text segment p (see make_layout_queries_ref), through
+    make_layout's dispatch (the extension where loaded); the data loader plans it on the host."""
     _check_query_lens(text_lens, query_lens)
     return replace(make_layout(query_lens, image_len), text_k_len=text_lens.to(torch.int32).contiguous())
 
